@@ -43,6 +43,17 @@ class Reassembler:
 
     def add(self, sq: int, payload: bytes, fin: bool = False) -> int:
         """Add one segment; return the new `stable_seq`."""
+        if (
+            sq == self.stable_seq
+            and not fin
+            and not self._ooo
+            and len(payload) <= MAX_BUFFERED_AHEAD
+        ):
+            # fast path (the logger's hot path): the next bytes, in order; what
+            # the general path below would do, minus the bookkeeping
+            self._data += payload
+            self.stable_seq = (sq + len(payload)) & seq.MASK
+            return self.stable_seq
         base = seq.add(self.isn, 1)
         off = seq.sub(sq, base)
         if fin:
