@@ -1,0 +1,754 @@
+"""The supervisor's side of the NSW shim: sessions, held sockets, read order.
+
+`Agent` listens on a Unix ``SOCK_SEQPACKET`` socket (``FTCP_NSW_SOCK`` for the
+shim) inside an asyncio loop. Each shim process that needs it connects once
+(a *session*); the wire format is in `ftcp.nsw.proto`. The agent:
+
+* keeps the duplicate of every protected socket the shim passes at accept
+  (so a process death closes nothing and emits no FIN/RST) until the
+  application's last close, or until the supervisor calls `drop`/`take_fd`;
+* assigns ``conn_id`` and the mode (normal or replay) through
+  `AgentHandler.on_accept`;
+* numbers live read results with one application-wide ``order`` (1, 2, ...)
+  in the order the reports arrive, and calls `AgentHandler.on_read`;
+* publishes output commit: `mark_logged(order)` (thread-safe) tells every
+  session that its reads up to ``order`` are logged, via the session's
+  shared page; with ``auto_log=True`` every read counts as logged at once;
+* reports shutdown/close before it happens (`AgentHandler.on_close`, then
+  the held duplicate is closed, then the shim is acked);
+* tells the supervisor which connections lost their last process
+  (`AgentHandler.on_session_end`), looking in ``/proc`` for holders it was
+  not told about (forked children, exec'd images) before calling one lost.
+
+Every method except `mark_logged` runs in the agent's loop thread;
+`AgentThread` runs an agent in a thread of its own (tests, simple tools).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ctypes
+import errno
+import inspect
+import logging
+import mmap
+import os
+import platform
+import socket
+import struct
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftcp.errors import RemoteProtocolError
+from ftcp.nsw import proto
+from ftcp.nsw.proto import How, Kind, MarkReason, MismatchCode, Mode
+
+log = logging.getLogger("ftcp.nsw")
+
+TCP_REPAIR = 19
+_SYS_FUTEX = {"x86_64": 202, "aarch64": 98, "riscv64": 98}.get(platform.machine())
+_FUTEX_WAKE = 1
+_READ_PACKET = struct.Struct("<HHI" + proto.READ.format.lstrip("<"))
+_READ_SIZE = _READ_PACKET.size
+
+
+# ---- what the supervisor sees and decides ----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    session_id: int
+    pid: int
+    parent_session: int  # 0 unless a forked child
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptInfo:
+    """A protected connection the application just accepted."""
+
+    session: SessionInfo
+    family: int
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    fd: int  # the agent's duplicate (owned by the agent: do not close)
+
+
+@dataclass(frozen=True, slots=True)
+class Normal:
+    """Serve the connection live. ``conn_id`` None: the agent numbers it."""
+
+    conn_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Recovery: reproduce ``reads`` exactly, swallow the first ``discard`` output bytes."""
+
+    reads: Sequence[tuple[Kind, int]]  # (kind, length-or-errno) in logged order
+    discard: int  # A = server_seq - (s_isn + 1)
+    conn_id: int | None = None
+
+
+Decision = Normal | Replay
+
+
+class AgentHandler:
+    """Callbacks, all run in the agent's loop thread; override what you need.
+
+    `on_accept` and `on_close` may return an awaitable: the shim waits (the
+    application is blocked in accept/close) until it completes.
+    """
+
+    def on_session(self, session: SessionInfo) -> None:
+        """A shim process connected."""
+
+    def on_accept(self, info: AcceptInfo) -> Decision | Awaitable[Decision]:
+        return Normal()
+
+    def on_read(
+        self, conn_id: int, order: int, kind: Kind, value: int, wtotal: int, wcrc: int
+    ) -> None:
+        """A live read result; ``order`` is application-wide. ``value``: length or errno.
+
+        ``wtotal``/``wcrc`` are the connection's output (bytes, CRC-32C) at that read.
+        """
+
+    def on_replay_read(
+        self, conn_id: int, index: int, kind: Kind, value: int, wtotal: int, wcrc: int
+    ) -> None:
+        """Script entry ``index`` was served during replay (compare wtotal/wcrc)."""
+
+    def on_write_mark(self, conn_id: int, total: int, crc: int, reason: MarkReason) -> None:
+        """Replay output reached ``discard`` (DISCARD_END) or replay ended (REPLAY_DONE)."""
+
+    def on_mismatch(self, conn_id: int, index: int, code: MismatchCode, value: int) -> None:
+        """Replay could not reproduce script entry ``index``: the server diverged."""
+
+    def on_close(self, conn_id: int, how: How, wtotal: int, wcrc: int) -> None | Awaitable[None]:
+        """The application shuts down, or closes for the last time, the connection.
+
+        Runs before the real call: no FIN leaves until this (and the ack) is done.
+        For CLOSE the agent closes its duplicate after this returns.
+        """
+
+    def on_session_end(self, session: SessionInfo, orphans: list[int]) -> None:
+        """A shim process went away. ``orphans``: connections it held that no
+        process holds any more (the process died holding them: recover them).
+        The agent still holds their sockets."""
+
+
+# ---- internal state ---------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Conn:
+    conn_id: int
+    fd: int | None
+    info: AcceptInfo
+    holders: set[int] = field(default_factory=set)  # session ids
+    shared: bool = False  # may be held by processes we have no session with
+    replay: bool = False
+
+
+class _Session:
+    def __init__(self, agent: Agent, sock: socket.socket, session_id: int) -> None:
+        self.agent = agent
+        self.sock = sock
+        self.id = session_id
+        self.info: SessionInfo | None = None
+        self.holds: set[int] = set()
+        self.pending: collections.deque[tuple[int, int]] = collections.deque()  # (order, seq)
+        self.last_seq = 0
+        self.out: collections.deque[tuple[bytes, list[int]]] = collections.deque()
+        self.paused = False
+        self.closed = False
+        memfd = os.memfd_create("ftcp-nsw", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(memfd, proto.PAGE_SIZE)
+            self.page = mmap.mmap(memfd, proto.PAGE_SIZE)
+        except BaseException:
+            os.close(memfd)
+            raise
+        self.memfd: int | None = memfd
+        struct.pack_into("<Q", self.page, 16, proto.PAGE_MAGIC)
+        self._logged = ctypes.c_uint64.from_buffer(self.page, 0)
+        self._futex = ctypes.c_uint32.from_buffer(self.page, 8)
+        self._waiters = ctypes.c_uint32.from_buffer(self.page, 12)
+
+    def publish(self, seq: int) -> None:
+        """Every live read of this session with seq <= `seq` is logged."""
+        self._logged.value = seq  # one aligned 8-byte store
+        self._futex.value = seq & 0xFFFFFFFF
+        if self._waiters.value and _SYS_FUTEX is not None:
+            _libc().syscall(
+                _SYS_FUTEX,
+                ctypes.c_void_p(ctypes.addressof(self._futex)),
+                _FUTEX_WAKE,
+                0x7FFFFFFF,
+                None,
+                None,
+                0,
+            )
+
+    @property
+    def logged(self) -> int:
+        return self._logged.value
+
+    def release_page(self) -> None:
+        del self._logged, self._futex, self._waiters
+        self.page.close()
+        if self.memfd is not None:
+            os.close(self.memfd)
+            self.memfd = None
+
+
+_LIBC: ctypes.CDLL | None = None
+
+
+def _libc() -> ctypes.CDLL:
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
+
+
+def _alive(pid: int) -> bool:
+    """Running and not exiting (a dying process's fds do not count)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat[stat.rfind(")") + 2 :].split()
+    pf_exiting = 0x4
+    return fields[0] not in ("Z", "X") and not int(fields[6]) & pf_exiting
+
+
+def socket_holders(fd: int, exclude: set[int]) -> set[int]:
+    """Pids (other than ours and `exclude`) with an fd on the same socket as `fd`."""
+    target = f"socket:[{os.fstat(fd).st_ino}]"
+    me = os.getpid()
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        if pid == me or pid in exclude:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for f in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{f}") == target:
+                    if _alive(pid):
+                        found.add(pid)
+                    break
+            except OSError:
+                continue
+    return found
+
+
+def close_silently(fd: int) -> None:
+    """Close a TCP socket without FIN or RST (TCP_REPAIR on first; needs CAP_NET_ADMIN)."""
+    try:
+        s = socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        return
+    try:
+        s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
+    finally:
+        s.close()
+
+
+# ---- the agent --------------------------------------------------------------
+
+
+class Agent:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        handler: AgentHandler | None = None,
+        *,
+        auto_log: bool = False,
+        first_conn_id: int = 1,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.handler = handler or AgentHandler()
+        self.auto_log = auto_log
+        self._next_conn = first_conn_id
+        self._next_session = 1
+        self._next_order = 1
+        self._logged_order = 0
+        self._lock = threading.Lock()  # pending/page vs mark_logged from other threads
+        self._sessions: dict[int, _Session] = {}
+        self.conns: dict[int, _Conn] = {}
+        self._listener: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle --
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        lst = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        lst.bind(self.path)
+        lst.listen(128)
+        lst.setblocking(False)
+        self._listener = lst
+        self._loop.add_reader(lst.fileno(), self._on_listen)
+
+    def close(self) -> None:
+        """Stop listening, end every session, close every held socket."""
+        if self._listener is not None and self._loop is not None:
+            self._loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        for s in list(self._sessions.values()):
+            self._close_session(s, notify=False)
+        for c in list(self.conns.values()):
+            if c.fd is not None:
+                os.close(c.fd)
+        self.conns.clear()
+        for t in self._tasks:
+            t.cancel()
+
+    # -- supervisor API --
+
+    def env(self, port: int, shim: str | os.PathLike[str]) -> dict[str, str]:
+        """Environment entries that put an application under this agent."""
+        return {"LD_PRELOAD": os.fspath(shim), "FTCP_NSW_SOCK": self.path, "FTCP_PORT": str(port)}
+
+    @property
+    def last_order(self) -> int:
+        """Order of the last live read reported (0: none yet)."""
+        return self._next_order - 1
+
+    def mark_logged(self, order: int) -> None:
+        """Reads with order <= `order` are durably logged (thread-safe)."""
+        with self._lock:
+            if order <= self._logged_order:
+                return
+            self._logged_order = order
+            for s in list(self._sessions.values()):
+                seq = 0
+                while s.pending and s.pending[0][0] <= order:
+                    seq = s.pending.popleft()[1]
+                if seq and not s.closed:
+                    s.publish(seq)
+
+    def fd(self, conn_id: int) -> int | None:
+        """The agent's duplicate of a protected socket (still owned by the agent)."""
+        c = self.conns.get(conn_id)
+        return None if c is None else c.fd
+
+    def take_fd(self, conn_id: int) -> int | None:
+        """Hand the duplicate over to the caller (who must close it)."""
+        c = self.conns.get(conn_id)
+        if c is None or c.fd is None:
+            return None
+        fd, c.fd = c.fd, None
+        return fd
+
+    def drop(self, conn_id: int, *, silent: bool = False) -> None:
+        """Close the duplicate now (silently: TCP_REPAIR first, no FIN/RST) and forget it."""
+        c = self.conns.pop(conn_id, None)
+        if c is None or c.fd is None:
+            return
+        if silent:
+            close_silently(c.fd)
+        else:
+            os.close(c.fd)
+        c.fd = None
+
+    def sessions(self) -> list[SessionInfo]:
+        return [s.info for s in self._sessions.values() if s.info is not None]
+
+    # -- I/O --
+
+    def _on_listen(self) -> None:
+        assert self._listener is not None and self._loop is not None
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning("nsw agent: accept failed: %s", e)
+                return
+            sock.setblocking(False)
+            try:
+                s = _Session(self, sock, self._next_session)
+            except OSError as e:
+                log.warning("nsw agent: cannot create session page: %s", e)
+                sock.close()
+                continue
+            self._next_session += 1
+            with self._lock:
+                self._sessions[s.id] = s
+            self._loop.add_reader(sock.fileno(), self._on_readable, s)
+
+    def _on_readable(self, s: _Session) -> None:
+        try:
+            self._drain(s)
+        finally:
+            if self.auto_log and self._logged_order < self._next_order - 1:
+                self.mark_logged(self._next_order - 1)  # once per batch, not per read
+
+    def _drain(self, s: _Session) -> None:
+        while not s.paused and not s.closed:
+            try:
+                data, anc, _flags, _ = s.sock.recvmsg(proto.MAX_PACKET, socket.CMSG_SPACE(4 * 4))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.info("nsw agent: session %d: %s", s.id, e)
+                self._close_session(s)
+                return
+            fds = _fds_of(anc)
+            if not data:
+                for f in fds:
+                    os.close(f)
+                self._close_session(s)
+                return
+            try:
+                if len(data) == _READ_SIZE and data[0] == proto.Msg.READ and not fds:
+                    self._fast_read(s, data)
+                else:
+                    self._dispatch(s, proto.decode(data), fds)
+            except RemoteProtocolError as e:
+                log.error("nsw agent: session %d: %s; dropping it", s.id, e)
+                for f in fds:
+                    os.close(f)
+                self._close_session(s)
+                return
+
+    def _fast_read(self, s: _Session, data: bytes) -> None:
+        """READ without building a message object: one of these per application read."""
+        _, flags, _, cid, seq, wtotal, kind, value, wcrc, _ = _READ_PACKET.unpack(data)
+        if s.info is None or kind > Kind.ERROR:
+            self._dispatch(s, proto.decode(data), [])  # raises the right error
+            return
+        if flags & proto.F_REPLAYED:
+            self.handler.on_replay_read(cid, seq, Kind(kind), value, wtotal, wcrc)
+        else:
+            self._on_live_read(s, cid, seq, Kind(kind), value, wtotal, wcrc)
+
+    def _send(self, s: _Session, packet: bytes, fds: Sequence[int] = ()) -> None:
+        if s.closed:
+            return
+        if s.out:
+            s.out.append((packet, [os.dup(f) for f in fds]))
+            return
+        try:
+            _sendmsg(s.sock, packet, fds)
+        except BlockingIOError:
+            s.out.append((packet, [os.dup(f) for f in fds]))
+            assert self._loop is not None
+            self._loop.add_writer(s.sock.fileno(), self._on_writable, s)
+        except OSError as e:
+            log.info("nsw agent: session %d: send: %s", s.id, e)
+
+    def _on_writable(self, s: _Session) -> None:
+        assert self._loop is not None
+        while s.out:
+            packet, fds = s.out[0]
+            try:
+                _sendmsg(s.sock, packet, fds)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                log.info("nsw agent: session %d: send: %s", s.id, e)
+                for _, queued in s.out:
+                    for f in queued:
+                        os.close(f)
+                s.out.clear()
+                break
+            s.out.popleft()
+            for f in fds:
+                os.close(f)
+        self._loop.remove_writer(s.sock.fileno())
+
+    def _pause_until(self, s: _Session, work: Awaitable[None]) -> None:
+        """Stop reading `s` until `work` completes (the shim waits for its reply)."""
+        assert self._loop is not None
+        s.paused = True
+
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("nsw agent: session %d: callback failed", s.id)
+            finally:
+                s.paused = False
+                if not s.closed:
+                    self._on_readable(s)
+
+        task = self._loop.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- messages --
+
+    def _dispatch(self, s: _Session, msg: proto.ShimMessage, fds: list[int]) -> None:
+        if s.info is None and not isinstance(msg, proto.Hello):
+            raise RemoteProtocolError(f"nsw: {type(msg).__name__} before HELLO")
+        match msg:
+            case proto.Read():
+                self._on_read(s, msg)
+            case proto.Hello():
+                if s.info is not None:
+                    raise RemoteProtocolError("nsw: second HELLO")
+                if msg.version != proto.VERSION:
+                    raise RemoteProtocolError(f"nsw: shim version {msg.version}")
+                s.info = SessionInfo(s.id, msg.pid, msg.parent_session)
+                assert s.memfd is not None
+                self._send(s, proto.hello_reply(s.id), [s.memfd])
+                os.close(s.memfd)
+                s.memfd = None
+                self.handler.on_session(s.info)
+            case proto.Accept():
+                if len(fds) != 1:
+                    for f in fds:
+                        os.close(f)
+                    raise RemoteProtocolError(f"nsw: ACCEPT with {len(fds)} fds")
+                self._on_accept(s, msg, fds[0])
+                return
+            case proto.WriteMarkMsg():
+                self.handler.on_write_mark(msg.conn_id, msg.total, msg.crc, msg.reason)
+            case proto.CloseMsg():
+                self._on_close(s, msg)
+            case proto.Fork():
+                for cid in s.holds:
+                    if cid in self.conns:
+                        self.conns[cid].shared = True
+            case proto.Hold():
+                c = self.conns.get(msg.conn_id)
+                if c is not None:
+                    c.holders.add(s.id)
+                    c.shared = True
+                    s.holds.add(msg.conn_id)
+            case proto.Mismatch():
+                self.handler.on_mismatch(msg.conn_id, msg.index, msg.code, msg.value)
+        for f in fds:
+            os.close(f)
+
+    def _on_read(self, s: _Session, msg: proto.Read) -> None:
+        if msg.replayed:
+            self.handler.on_replay_read(
+                msg.conn_id, msg.seq, msg.kind, msg.value, msg.wtotal, msg.wcrc
+            )
+        else:
+            self._on_live_read(s, msg.conn_id, msg.seq, msg.kind, msg.value, msg.wtotal, msg.wcrc)
+
+    def _on_live_read(
+        self, s: _Session, cid: int, seq: int, kind: Kind, value: int, wtotal: int, wcrc: int
+    ) -> None:
+        if seq != s.last_seq + 1:
+            raise RemoteProtocolError(f"nsw: read seq {seq} after {s.last_seq}")
+        s.last_seq = seq
+        with self._lock:
+            order = self._next_order
+            self._next_order += 1
+            s.pending.append((order, seq))
+        self.handler.on_read(cid, order, kind, value, wtotal, wcrc)
+
+    def _on_accept(self, s: _Session, msg: proto.Accept, fd: int) -> None:
+        assert s.info is not None
+        info = AcceptInfo(s.info, msg.family, msg.local, msg.remote, fd)
+        try:
+            res = self.handler.on_accept(info)
+        except Exception:
+            log.exception("nsw agent: on_accept failed; serving the connection live")
+            res = Normal()
+
+        def finish(decision: Decision) -> None:
+            cid = decision.conn_id
+            if cid is None:
+                cid = self._next_conn
+            self._next_conn = max(self._next_conn, cid + 1)
+            if cid in self.conns:
+                log.error("nsw agent: conn_id %d reused while live", cid)
+            conn = _Conn(cid, fd, info, {s.id}, replay=isinstance(decision, Replay))
+            self.conns[cid] = conn
+            s.holds.add(cid)
+            if isinstance(decision, Replay):
+                entries = [(int(k), int(v)) for k, v in decision.reads]
+                self._send(s, proto.accept_reply(cid, Mode.REPLAY, len(entries), decision.discard))
+                for p in proto.script_packets(entries):
+                    self._send(s, p)
+            else:
+                self._send(s, proto.accept_reply(cid, Mode.NORMAL))
+
+        if inspect.isawaitable(res):
+            awaitable = res
+
+            async def later() -> None:
+                try:
+                    decision = await awaitable
+                except Exception:
+                    log.exception("nsw agent: on_accept failed; serving the connection live")
+                    decision = Normal()
+                finish(decision)
+
+            self._pause_until(s, later())
+        else:
+            finish(res)
+
+    def _on_close(self, s: _Session, msg: proto.CloseMsg) -> None:
+        c = self.conns.get(msg.conn_id)
+        final = True
+        if msg.how == How.CLOSE:
+            s.holds.discard(msg.conn_id)
+            if c is not None:
+                c.holders.discard(s.id)
+                if c.holders:
+                    final = False
+                elif c.shared and c.fd is not None:
+                    assert s.info is not None
+                    others = socket_holders(c.fd, {s.info.pid})
+                    final = not others
+                    if others:
+                        log.debug("conn %d still held by %s", c.conn_id, sorted(others))
+        if not final or c is None:
+            self._send(s, proto.ack(msg.conn_id))
+            return
+        res = self.handler.on_close(msg.conn_id, msg.how, msg.wtotal, msg.wcrc)
+
+        def finish() -> None:
+            if msg.how == How.CLOSE:
+                self.drop(msg.conn_id)
+            self._send(s, proto.ack(msg.conn_id))
+
+        if inspect.isawaitable(res):
+            awaitable = res
+
+            async def later() -> None:
+                try:
+                    await awaitable
+                finally:
+                    finish()
+
+            self._pause_until(s, later())
+        else:
+            finish()
+
+    def _close_session(self, s: _Session, *, notify: bool = True) -> None:
+        if s.closed:
+            return
+        s.closed = True
+        if self._loop is not None:
+            self._loop.remove_reader(s.sock.fileno())
+            if s.out:
+                self._loop.remove_writer(s.sock.fileno())
+        s.sock.close()
+        for _, queued in s.out:
+            for f in queued:
+                os.close(f)
+        s.out.clear()
+        with self._lock:
+            self._sessions.pop(s.id, None)
+            s.release_page()
+        orphans = []
+        for cid in sorted(s.holds):
+            c = self.conns.get(cid)
+            if c is None:
+                continue
+            c.holders.discard(s.id)
+            if c.holders or c.fd is None:
+                continue
+            exclude = {s.info.pid} if s.info is not None and not _alive(s.info.pid) else set()
+            if socket_holders(c.fd, exclude):
+                c.shared = True  # held by a process without a session (exec'd image)
+                continue
+            orphans.append(cid)
+        s.holds.clear()
+        if notify and s.info is not None:
+            self.handler.on_session_end(s.info, orphans)
+
+
+def _fds_of(anc: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            n = len(data) // 4
+            fds.extend(struct.unpack(f"{n}i", data[: 4 * n]))
+    return fds
+
+
+def _sendmsg(sock: socket.socket, packet: bytes, fds: Sequence[int]) -> None:
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))] if fds else []
+    while True:
+        try:
+            sock.sendmsg([packet], anc)
+            return
+        except InterruptedError:
+            continue
+        except OSError as e:
+            if e.errno == errno.EAGAIN:
+                raise BlockingIOError(e.errno, e.strerror) from None
+            raise
+
+
+# ---- running an agent in a thread --------------------------------------------
+
+
+class AgentThread:
+    """An `Agent` with its own event loop in a daemon thread (a context manager).
+
+    Handler callbacks run in that thread. `call` runs a function (or awaits a
+    coroutine function) there and returns its result.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        handler: AgentHandler | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.agent = Agent(path, handler, **kwargs)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="nsw-agent", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def __enter__(self) -> AgentThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.agent.start(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        with contextlib.suppress(Exception):
+            self.call(self.agent.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 10, **kw: Any) -> Any:
+        async def run() -> Any:
+            r = fn(*args, **kw)
+            if inspect.isawaitable(r):
+                r = await r
+            return r
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
+
+    def mark_logged(self, order: int) -> None:
+        self.agent.mark_logged(order)
