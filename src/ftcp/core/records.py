@@ -64,6 +64,7 @@ class ReadKind(enum.IntEnum):
     DATA = 0
     EOF = 1
     EAGAIN = 2
+    ERROR = 3  # the call failed with an errno other than EAGAIN/EINTR: `length` holds it
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,8 @@ class ReadResult:
     """What one read-family call returned on a protected socket.
 
     `order` is the application-wide order of read results (assigned by the
-    supervisor, which serialises NSW reports); `length` is 0 unless DATA.
+    supervisor, which serialises NSW reports); `length` is the byte count for
+    DATA, the errno for ERROR, and 0 otherwise.
     """
 
     conn_id: int

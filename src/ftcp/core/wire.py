@@ -351,7 +351,7 @@ _INSEG_LEN = _REC_INSEG.size
 _read_pack = _REC_READ.pack
 _read_unpack = _REC_READ.unpack_from
 _READ_LEN = _REC_READ.size
-_READ_KINDS = (ReadKind.DATA, ReadKind.EOF, ReadKind.EAGAIN)
+_READ_KINDS = (ReadKind.DATA, ReadKind.EOF, ReadKind.EAGAIN, ReadKind.ERROR)
 READ_KINDS = _READ_KINDS
 _CLOSE_HOWS = tuple(CloseHow)
 _FIXED_SIZES = {
@@ -526,7 +526,7 @@ def decode_records(body: bytes | memoryview) -> list[Record]:
             elif tag == TAG_READ:
                 _, conn, order, kind, length = _read_unpack(body, off)
                 off += _READ_LEN
-                if kind > 2:
+                if kind >= len(_READ_KINDS):
                     raise RemoteProtocolError(f"unknown read kind {kind}")
                 app(ReadResult(conn, order, _READ_KINDS[kind], length))
             elif tag == TAG_WRITEMARK:
@@ -602,7 +602,7 @@ def validate_records(body: bytes) -> int:
             elif tag == TAG_READ:
                 if off + _READ_LEN > n:
                     raise struct.error("short ReadResult")
-                if body[off + 17] > 2:
+                if body[off + 17] >= len(_READ_KINDS):
                     raise RemoteProtocolError(f"unknown read kind {body[off + 17]}")
                 off += _READ_LEN
             elif tag == TAG_HANDSHAKE:
@@ -916,7 +916,7 @@ def _decode_body(ftype: FrameType, body: bytes) -> Frame:
             raise RemoteProtocolError("RECOVER_READS body is not a whole number of reads")
         reads = []
         for order, kind, length in _RR_ITEM.iter_unpack(body[_RR_HEAD.size :]):
-            if kind > 2:
+            if kind >= len(_READ_KINDS):
                 raise RemoteProtocolError(f"unknown read kind {kind}")
             reads.append(ReadResult(conn, order, _READ_KINDS[kind], length))
         return RecoverReads(req, conn, reads)
