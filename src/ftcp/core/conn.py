@@ -1,0 +1,1144 @@
+"""Per-connection FT-TCP state machine (paper section IV, DESIGN.md invariants 1-4).
+
+Sans-IO: `Connection.handle(input) -> list[Action]`; `get_timer()` says when to
+feed `Timer(now)`. The SSW packet loop feeds `ClientSegment`/`ServerSegment`
+and carries out `Deliver`/`Drop`/`Hold`/`Fabricate`; the supervisor feeds
+`LoggerAck`/`ReadLogged`/`ProcessDied`/`Rebuild`/`Finish` and sends `Log`
+records; the NSW agent feeds `ReadReported`/`WriteRequest`/`CloseRequest`/
+`ReplayDone` and obeys `AllowWrite`/`BlockWrite`.
+
+What is enforced here:
+
+1. ack clamping (`clamp_ack_window`): every ack toward the client is
+   `<= ack_limit` (`stable_seq`, +1 for a logged client FIN) and `<=` the
+   server TCP's own ack; the window is widened so the right edge stays where
+   the kernel put it, within the limits stated on `clamp_ack_window`;
+2. handshake commit: the SYN-ACK is held until the logger has the `Handshake`;
+3. output commit: a write/close waits while an earlier read result is unlogged;
+4. a FIN/RST from the server's TCP passes only after NSW reported a
+   shutdown/close; otherwise it is dropped and `StartRecovery` is emitted;
+
+plus logging of every client segment (`Log(InSegment)`), closed-window acks
+while no server connection exists, the rebuilt handshake and instream refill,
+and translation after recovery (outbound seq `+delta_seq`, inbound ack/SACK
+`-delta_seq`, TSval/TSecr by the timestamp offset, window scale).
+
+States change only in `_set_state`, along `TRANSITIONS`; an input with no
+entry for the current state raises `LocalProtocolError` naming both.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+from ftcp.core import seq
+from ftcp.core.ackpolicy import AckPolicy, AckView, Basic
+from ftcp.core.events import (
+    ACK,
+    FIN,
+    RST,
+    SYN,
+    Action,
+    AllowWrite,
+    BlockWrite,
+    ClientSegment,
+    CloseRequest,
+    Deliver,
+    Direction,
+    Drop,
+    Fabricate,
+    Finish,
+    Hold,
+    Input,
+    Log,
+    LoggerAck,
+    OutSegment,
+    ProcessDied,
+    ReadLogged,
+    ReadReported,
+    Rebuild,
+    ReplayDone,
+    Rewrite,
+    SackBlocks,
+    ServerSegment,
+    StartRecovery,
+    Timer,
+    WriteRequest,
+)
+from ftcp.core.records import (
+    Close,
+    CloseHow,
+    Finished,
+    Handshake,
+    InSegment,
+    SynOptions,
+)
+from ftcp.core.replay import DEFAULT_MSS, TS_HZ, TS_UNKNOWN_JUMP, RecoveryPlan
+from ftcp.errors import LocalProtocolError, RemoteProtocolError
+
+log = logging.getLogger(__name__)
+
+MAX_WINDOW = 0xFFFF
+
+
+class State(enum.Enum):
+    LISTEN = "LISTEN"  # nothing seen yet
+    SYN_RECEIVED = "SYN_RECEIVED"  # client SYN passed to the server's TCP
+    SYN_RCVD_UNLOGGED = "SYN_RCVD_UNLOGGED"  # SYN-ACK held until the Handshake is logged
+    ESTABLISHED = "ESTABLISHED"  # normal operation (paper IV-C/D)
+    CRASHED = "CRASHED"  # no server connection: closed-window acks, client data logged
+    REPLAY_SYN_SENT = "REPLAY_SYN_SENT"  # fabricated SYN injected, awaiting the new SYN-ACK
+    REPLAYING = "REPLAYING"  # rebuilt; refill and read replay under way (restarting)
+    CLOSED = "CLOSED"  # over: translate what still passes, protect nothing
+
+
+class Trigger(enum.Enum):
+    CLIENT_SYN = enum.auto()
+    CLIENT_SEGMENT = enum.auto()
+    CLIENT_RESET = enum.auto()
+    SERVER_SYNACK = enum.auto()  # a SYN-ACK answering the client's (or our) SYN
+    SERVER_SEGMENT = enum.auto()
+    SERVER_FIN = enum.auto()  # FIN after the application shut down writing
+    SERVER_RESET = enum.auto()  # RST after the application closed
+    SERVER_UNEXPLAINED = enum.auto()  # FIN/RST the application did not ask for
+    HANDSHAKE_LOGGED = enum.auto()
+    LOGGER_ACK = enum.auto()
+    READ_REPORTED = enum.auto()
+    READ_LOGGED = enum.auto()
+    WRITE_REQUEST = enum.auto()
+    CLOSE_REQUEST = enum.auto()
+    TIMER = enum.auto()
+    PROCESS_DIED = enum.auto()
+    APP_GONE = enum.auto()  # the process died after closing this socket: nothing to do
+    RESTORE = enum.auto()  # a connection rebuilt from the log alone (SSW restarted)
+    REBUILD = enum.auto()
+    REPLAY_DONE = enum.auto()
+    FINISH = enum.auto()
+
+
+S, T = State, Trigger
+
+_CLIENT_SELF = (T.CLIENT_SYN, T.CLIENT_SEGMENT)
+_SERVER_ALL = (
+    T.SERVER_SYNACK,
+    T.SERVER_SEGMENT,
+    T.SERVER_FIN,
+    T.SERVER_RESET,
+    T.SERVER_UNEXPLAINED,
+)
+_NSW = (T.READ_REPORTED, T.READ_LOGGED, T.WRITE_REQUEST, T.CLOSE_REQUEST)
+
+
+def _same(state: State, *triggers: Trigger) -> dict[Trigger, State]:
+    return dict.fromkeys(triggers, state)
+
+
+# The whole state machine: state -> trigger -> next state.
+TRANSITIONS: dict[State, dict[Trigger, State]] = {
+    S.LISTEN: {
+        T.CLIENT_SYN: S.SYN_RECEIVED,
+        T.RESTORE: S.CRASHED,
+        T.FINISH: S.CLOSED,
+        **_same(S.LISTEN, T.TIMER, T.READ_LOGGED),
+    },
+    S.SYN_RECEIVED: {
+        T.SERVER_SYNACK: S.SYN_RCVD_UNLOGGED,
+        T.SERVER_SEGMENT: S.SYN_RECEIVED,
+        T.SERVER_FIN: S.SYN_RECEIVED,
+        T.CLIENT_RESET: S.CLOSED,
+        T.SERVER_RESET: S.CLOSED,
+        T.SERVER_UNEXPLAINED: S.CLOSED,
+        T.PROCESS_DIED: S.CLOSED,
+        T.APP_GONE: S.CLOSED,
+        T.FINISH: S.CLOSED,
+        **_same(S.SYN_RECEIVED, *_CLIENT_SELF, T.LOGGER_ACK, T.TIMER, T.READ_LOGGED),
+    },
+    S.SYN_RCVD_UNLOGGED: {
+        T.HANDSHAKE_LOGGED: S.ESTABLISHED,
+        T.CLIENT_RESET: S.CLOSED,
+        T.SERVER_RESET: S.CLOSED,
+        T.SERVER_UNEXPLAINED: S.CLOSED,
+        T.PROCESS_DIED: S.CLOSED,
+        T.APP_GONE: S.CLOSED,
+        T.FINISH: S.CLOSED,
+        **_same(
+            S.SYN_RCVD_UNLOGGED,
+            *_CLIENT_SELF,
+            T.SERVER_SYNACK,
+            T.SERVER_SEGMENT,
+            T.SERVER_FIN,
+            T.LOGGER_ACK,
+            T.TIMER,
+            T.READ_LOGGED,
+        ),
+    },
+    S.ESTABLISHED: {
+        T.CLIENT_RESET: S.CLOSED,
+        T.SERVER_RESET: S.CLOSED,
+        T.SERVER_UNEXPLAINED: S.CRASHED,
+        T.PROCESS_DIED: S.CRASHED,
+        T.FINISH: S.CLOSED,
+        **_same(
+            S.ESTABLISHED,
+            *_CLIENT_SELF,
+            T.SERVER_SYNACK,
+            T.SERVER_SEGMENT,
+            T.SERVER_FIN,
+            T.HANDSHAKE_LOGGED,
+            T.LOGGER_ACK,
+            *_NSW,
+            T.TIMER,
+            T.APP_GONE,
+        ),
+    },
+    S.CRASHED: {
+        T.REBUILD: S.REPLAY_SYN_SENT,
+        T.CLIENT_RESET: S.CLOSED,
+        T.FINISH: S.CLOSED,
+        **_same(
+            S.CRASHED,
+            *_CLIENT_SELF,
+            *_SERVER_ALL,
+            T.HANDSHAKE_LOGGED,
+            T.LOGGER_ACK,
+            T.READ_LOGGED,
+            T.TIMER,
+            T.PROCESS_DIED,
+            T.APP_GONE,
+        ),
+    },
+    S.REPLAY_SYN_SENT: {
+        T.SERVER_SYNACK: S.REPLAYING,
+        T.PROCESS_DIED: S.CRASHED,
+        T.APP_GONE: S.CRASHED,
+        T.CLIENT_RESET: S.CLOSED,
+        T.FINISH: S.CLOSED,
+        **_same(
+            S.REPLAY_SYN_SENT,
+            *_CLIENT_SELF,
+            T.SERVER_SEGMENT,
+            T.SERVER_FIN,
+            T.SERVER_RESET,
+            T.SERVER_UNEXPLAINED,
+            T.HANDSHAKE_LOGGED,
+            T.LOGGER_ACK,
+            T.READ_LOGGED,
+            T.TIMER,
+        ),
+    },
+    S.REPLAYING: {
+        T.REPLAY_DONE: S.ESTABLISHED,
+        T.CLIENT_RESET: S.CLOSED,
+        T.SERVER_RESET: S.CLOSED,
+        T.SERVER_UNEXPLAINED: S.CRASHED,
+        T.PROCESS_DIED: S.CRASHED,
+        T.FINISH: S.CLOSED,
+        **_same(
+            S.REPLAYING,
+            *_CLIENT_SELF,
+            T.SERVER_SYNACK,
+            T.SERVER_SEGMENT,
+            T.SERVER_FIN,
+            T.HANDSHAKE_LOGGED,
+            T.LOGGER_ACK,
+            *_NSW,
+            T.TIMER,
+            T.APP_GONE,
+        ),
+    },
+    S.CLOSED: _same(
+        S.CLOSED,
+        T.CLIENT_SEGMENT,
+        T.CLIENT_RESET,
+        *_SERVER_ALL,
+        T.HANDSHAKE_LOGGED,
+        T.LOGGER_ACK,
+        *_NSW,
+        T.TIMER,
+        T.PROCESS_DIED,
+        T.APP_GONE,
+        T.FINISH,
+    ),
+}
+
+_LIVE = (S.ESTABLISHED, S.REPLAYING, S.CLOSED)  # a server TCP connection exists
+_DARK = (S.CRASHED, S.REPLAY_SYN_SENT)  # none does: SSW answers the client itself
+
+
+def clamp_ack_window(
+    kernel_ack: int,
+    raw_window: int,
+    kernel_wscale: int,
+    ack_limit: int,
+    client_wscale: int,
+) -> tuple[int, int]:
+    """Clamp a server ack to `ack_limit` and widen the window to compensate.
+
+    Returns `(ack, raw_window)` for the client, whose view of the server's
+    window scale is `client_wscale` (the original SYN-ACK's; 0 on SYN segments
+    and when scaling was not negotiated). The kernel's right edge is
+    `R = kernel_ack + (raw_window << kernel_wscale)`; with
+    `ack = min(kernel_ack, ack_limit)` the window is the largest field value
+    `w <= 65535` with `ack + (w << client_wscale) <= R`. Guarantees:
+
+    * `ack <= ack_limit` and `ack <= kernel_ack` (invariant 1);
+    * the advertised right edge `E = ack + (w << client_wscale)` never exceeds
+      `R` (SSW never offers buffer the server's TCP does not have);
+    * `E` is the largest edge the client's scale can express under that rule:
+      `E > R - (1 << client_wscale)` unless capped at 65535 units;
+    * hence, if the kernel's edge does not retreat, the client's edge retreats
+      by less than one scale unit, and only when no expressible edge lies
+      between the previous one and `R` (rounding, never compensation);
+    * unchanged segments stay unchanged: when `ack == kernel_ack` and the two
+      scales agree, `w == raw_window`.
+    """
+    ack = seq.min_(kernel_ack, ack_limit)
+    if ack == kernel_ack and kernel_wscale == client_wscale:
+        return ack, raw_window
+    edge = seq.add(kernel_ack, raw_window << kernel_wscale)
+    room = max(0, seq.sub(edge, ack))
+    return ack, min(MAX_WINDOW, room >> client_wscale)
+
+
+class _Coverage:
+    """End of the instream prefix handed to the server's TCP *in order*.
+
+    A segment extends the prefix only if it starts at or before the current end
+    when it is handed over: a TCP keeps in-order in-window data, but may drop
+    out-of-order data (so ranges that arrived early are not counted later).
+    """
+
+    __slots__ = ("end",)
+
+    def __init__(self, base: int) -> None:
+        self.end = base
+
+    def add(self, start: int, end: int) -> None:
+        if seq.le(start, self.end) and seq.gt(end, self.end):
+            self.end = end
+
+
+@dataclass(frozen=True, slots=True)
+class _Blocked:
+    ident: int
+    after_order: int | None
+    close: CloseHow | None
+
+
+class Connection:
+    """One protected connection as SSW (and the NSW agent) see it."""
+
+    def __init__(
+        self,
+        conn_id: int,
+        *,
+        client: tuple[str, int] = ("0.0.0.0", 0),
+        server: tuple[str, int] = ("0.0.0.0", 0),
+        accept_order: int = 0,
+        policy: AckPolicy | None = None,
+        probe_interval: float = 0.5,
+        syn_rto: float = 1.0,
+        refill_rto: float = 0.2,
+    ) -> None:
+        self.conn_id = conn_id
+        self.client = client
+        self.server = server
+        self.accept_order = accept_order
+        self.policy = policy if policy is not None else Basic()
+        self.probe_interval = probe_interval
+        self.syn_rto = syn_rto
+        self.refill_rto = refill_rto
+        self.state = State.LISTEN
+        self.trace: list[str] = []  # "A => B" transitions, in order
+        # handshake
+        self.c_isn = 0
+        self.s_isn = 0
+        self.client_opts = SynOptions()
+        self.server_opts = SynOptions()
+        self.handshake_logged = False
+        # the paper's variables
+        self.stable_seq = 0
+        self.server_seq = 0
+        self.delta_seq = 0
+        self._fin_logged = False
+        # negotiated options; scales: client's window field, server's as the client sees it,
+        # and the current server TCP's own
+        self.ts_ok = False
+        self.sack_ok = False
+        self.c_wscale = 0
+        self.s_wscale = 0
+        self.k_wscale = 0
+        self.ts_off = 0
+        # application (NSW)
+        self.app_shut_wr = False
+        self.app_closed = False
+        self._pending_reads: list[int] = []  # orders of this socket's unlogged reads
+        self._reads_logged_upto = -1
+        self._blocked: list[_Blocked] = []
+        self._closes_logged = 0
+        # what SSW knows of both sides
+        self.ip_packets = 0
+        self.client_window = 0
+        self.client_ts_val: int | None = None
+        self._client_max = 0  # end of the highest client data seen
+        self.snd_nxt = 0  # client view: end of the outstream sent to the client
+        self._snd_known = False
+        self.delivered_ack = 0  # highest ack the client was sent
+        self.advertised_edge: int | None = None  # right edge last advertised to the client
+        self.kernel_ack: int | None = None  # highest ack the server's TCP tried
+        self.right_edge: int | None = None  # the server TCP's latest right edge
+        self._kernel_has = _Coverage(0)
+        self.kernel_snd_nxt = 0  # kernel view
+        self.kernel_una = 0  # kernel view: highest ack handed to the server's TCP
+        self.ts_last_out: int | None = None  # client view: highest TSval sent to the client
+        self._ts_last_out_at = 0.0
+        self._held: list[ServerSegment] = []  # Lazy
+        self._held_synack: int | None = None
+        # recovery
+        self.plan: RecoveryPlan | None = None
+        self._rebuilt = False  # translation by delta_seq / ts_off / wscale in force
+        self._frozen_ack = 0
+        self._next_probe: float | None = None
+        self._last_probe = float("-inf")
+        self._syn_sent_at: float | None = None
+        self._n_isn = 0
+        self._n_tsval: int | None = None
+        self._kmss = DEFAULT_MSS
+        self._inj_next = 0
+        self._fin_injected = False
+        self._refill_done = True
+        self._refill_at = 0.0
+        self._refill_mark = 0
+        self._out: list[Action] = []
+
+    # ------------------------------------------------------------------ public
+
+    @classmethod
+    def restored(
+        cls, plan: RecoveryPlan, now: float, *, policy: AckPolicy | None = None, **kw: object
+    ) -> Connection:
+        """A connection known only from the log (SSW itself restarted, or host failover).
+
+        It starts in CRASHED: closed-window acks until `Rebuild`.
+        """
+        c = cls(plan.conn_id, accept_order=plan.accept_order, policy=policy, **kw)  # type: ignore[arg-type]
+        nxt = c._next(T.RESTORE, "restored")
+        c._adopt_handshake(plan.c_isn, plan.client_opts, plan.s_isn, plan.server_opts)
+        c.handshake_logged = True
+        c.stable_seq = plan.stable_seq
+        c._fin_logged = plan.client_fin
+        c._client_max = plan.ack_limit
+        c.server_seq = c.snd_nxt = plan.server_seq
+        c._snd_known = True
+        c.delivered_ack = plan.ack_limit
+        c.client_window = plan.client_window
+        c.client_ts_val = plan.client_ts_val
+        if c.ts_ok:
+            c.ts_last_out = (
+                plan.ts_floor
+                if plan.ts_floor is not None
+                else seq.add(plan.server_opts.ts_val or 0, TS_UNKNOWN_JUMP)
+            )
+            c._ts_last_out_at = now
+        c.plan = plan
+        c._crash(now)
+        c._set_state(nxt)
+        return c
+
+    @property
+    def ack_limit(self) -> int:
+        """Highest ack the client may see: `stable_seq`, +1 for a logged client FIN."""
+        if self._fin_logged:
+            return seq.add(self.stable_seq, 1)
+        return self.stable_seq
+
+    @property
+    def restarting(self) -> bool:
+        return self.state in (State.CRASHED, State.REPLAY_SYN_SENT, State.REPLAYING)
+
+    @property
+    def unstable_reads(self) -> int:
+        return len(self._pending_reads)
+
+    @property
+    def refilling(self) -> bool:
+        return self._rebuilt and not self._refill_done
+
+    def handle(self, ev: Input) -> list[Action]:
+        """Feed one input; return the actions to carry out, in order."""
+        match ev:
+            case ClientSegment():
+                self._on_client(ev)
+            case ServerSegment():
+                self._on_server(ev)
+            case LoggerAck():
+                self._on_logger_ack(ev)
+            case ReadReported():
+                self._on_read_reported(ev)
+            case ReadLogged():
+                self._on_read_logged(ev)
+            case WriteRequest():
+                self._on_output(ev.ident, ev.after_order, None, T.WRITE_REQUEST, ev)
+            case CloseRequest():
+                self._on_output(ev.ident, ev.after_order, ev.how, T.CLOSE_REQUEST, ev)
+            case Timer():
+                self._on_timer(ev)
+            case ProcessDied():
+                self._on_process_died(ev)
+            case Rebuild():
+                self._on_rebuild(ev)
+            case ReplayDone():
+                self._set_state(self._next(T.REPLAY_DONE, ev))
+            case Finish():
+                nxt = self._next(T.FINISH, ev)
+                if self.state is not State.CLOSED:
+                    self._abandon("finished")
+                self._set_state(nxt)
+            case _:
+                raise LocalProtocolError(f"conn {self.conn_id}: not an input: {ev!r}")
+        out, self._out = self._out, []
+        return out
+
+    def get_timer(self) -> float | None:
+        """When to feed `Timer(now)` next (None: no timer needed)."""
+        t: list[float] = []
+        if self.state in _DARK and self._next_probe is not None:
+            t.append(self._next_probe)
+        if self.state is State.REPLAY_SYN_SENT and self._syn_sent_at is not None:
+            t.append(self._syn_sent_at + self.syn_rto)
+        if self.refilling and self.state in _LIVE:
+            t.append(self._refill_at + self.refill_rto)
+        return min(t) if t else None
+
+    # --------------------------------------------------------------- the machine
+
+    def _next(self, trig: Trigger, ev: object) -> State:
+        try:
+            return TRANSITIONS[self.state][trig]
+        except KeyError:
+            what = type(ev).__name__ if not isinstance(ev, str) else ev
+            raise LocalProtocolError(
+                f"conn {self.conn_id}: no transition from {self.state.name} on {trig.name} ({what})"
+            ) from None
+
+    def _set_state(self, new: State) -> None:
+        """The only place the state changes."""
+        if new is self.state:
+            return
+        line = f"{self.state.name} => {new.name}"
+        self.trace.append(line)
+        log.debug("conn %d: %s", self.conn_id, line)
+        self.state = new
+
+    def _emit(self, action: Action) -> None:
+        self._out.append(action)
+
+    # ------------------------------------------------------------ client -> server
+
+    def _on_client(self, ev: ClientSegment) -> None:
+        f = ev.flags
+        if f & RST:
+            trig = T.CLIENT_RESET
+        elif f & SYN and not f & ACK:
+            trig = T.CLIENT_SYN
+        else:
+            trig = T.CLIENT_SEGMENT
+        nxt = self._next(trig, ev)
+        st = self.state
+        self.ip_packets += 1
+        if st is State.LISTEN:  # the client's SYN
+            self.c_isn = seq.check(ev.seq)
+            self.client_opts = ev.syn_opts or SynOptions()
+            self.stable_seq = seq.add(self.c_isn, 1)
+            self._client_max = self.stable_seq
+            self.delivered_ack = self.stable_seq
+            self._kernel_has = _Coverage(self.stable_seq)
+            self._note_client(ev)
+            self._emit(Deliver(ev.ident))
+        elif st in (State.SYN_RECEIVED, State.SYN_RCVD_UNLOGGED):
+            if trig is T.CLIENT_RESET:
+                self._abandon("client reset during the handshake")
+            self._emit(Deliver(ev.ident))
+        elif st in _DARK:
+            self._note_client(ev)
+            if trig is T.CLIENT_SEGMENT:
+                self._log_in(ev)
+            if trig is T.CLIENT_RESET:
+                self._abandon("client reset while recovering")
+            self._emit(Drop(ev.ident, "no server connection: recovering"))
+            if trig is T.CLIENT_SEGMENT and ev.now - self._last_probe >= self.probe_interval / 5:
+                self._probe(ev.now)
+        else:  # a server TCP connection exists
+            data_end = None
+            if ev.payload_len or f & FIN:
+                data_end = seq.add(ev.seq, ev.payload_len + (1 if f & FIN else 0))
+            self.policy.note_client_packet(self.ip_packets, data_end)
+            self._note_client(ev)
+            if trig is T.CLIENT_SEGMENT and st is not State.CLOSED:
+                self._log_in(ev)
+            if data_end is not None:  # what lies beyond the kernel's window may be dropped
+                edge = self.right_edge
+                self._kernel_has.add(ev.seq, data_end if edge is None else seq.min_(data_end, edge))
+            self._emit(Deliver(ev.ident, self._inbound_rewrite(ev)))
+            if trig is T.CLIENT_RESET and st is not State.CLOSED:
+                self._abandon("client reset")
+        self._set_state(nxt)
+
+    def _note_client(self, ev: ClientSegment) -> None:
+        if ev.flags & SYN:
+            return  # its window is unscaled, its TSval is in client_opts
+        if ev.flags & ACK and self._snd_known and seq.le(ev.ack, self.snd_nxt):
+            self.server_seq = seq.max_(self.server_seq, ev.ack)
+        self.client_window = ev.window
+        if ev.ts_val is not None and (
+            self.client_ts_val is None or seq.ge(ev.ts_val, self.client_ts_val)
+        ):
+            self.client_ts_val = ev.ts_val
+        if ev.payload_len or ev.flags & FIN:
+            end = seq.add(ev.seq, ev.payload_len + (1 if ev.flags & FIN else 0))
+            self._client_max = seq.max_(self._client_max, end)
+
+    def _log_in(self, ev: ClientSegment) -> None:
+        if ev.payload_len and len(ev.payload) != ev.payload_len:
+            raise LocalProtocolError(
+                f"conn {self.conn_id}: client segment {ev.ident} without its payload bytes"
+            )
+        self._emit(
+            Log(
+                InSegment(
+                    conn_id=self.conn_id,
+                    seq=ev.seq,
+                    ack=ev.ack,
+                    window=ev.window,
+                    fin=bool(ev.flags & FIN),
+                    ts_val=ev.ts_val,
+                    ts_ecr=ev.ts_ecr,
+                    payload=bytes(ev.payload),
+                )
+            )
+        )
+
+    def _kernel_view_ack(self, client_ack: int) -> int:
+        """A client ack mapped to the rebuilt kernel, kept in `[kernel_una, kernel_snd_nxt]`
+        (an ack of unsent data, or one far below snd_una, makes Linux drop the segment)."""
+        k = (client_ack - self.delta_seq) & seq.MASK
+        k = seq.min_(k, self.kernel_snd_nxt)
+        return seq.max_(k, self.kernel_una)
+
+    def _inbound_rewrite(self, ev: ClientSegment) -> Rewrite | None:
+        if not self._rebuilt:
+            return None
+        ack = sack = ts_ecr = None
+        if ev.flags & ACK:
+            k = self._kernel_view_ack(ev.ack)
+            self.kernel_una = seq.max_(self.kernel_una, k)
+            if k != ev.ack:
+                ack = k
+        if ev.sack:
+            blocks: list[tuple[int, int]] = []
+            for left, right in ev.sack:
+                kl = (left - self.delta_seq) & seq.MASK
+                kr = seq.min_((right - self.delta_seq) & seq.MASK, self.kernel_snd_nxt)
+                if seq.lt(kl, kr):
+                    blocks.append((kl, kr))
+            new: SackBlocks = tuple(blocks)
+            if new != ev.sack:
+                sack = new
+        if ev.ts_ecr is not None and self.ts_off:
+            ts_ecr = (ev.ts_ecr - self.ts_off) & seq.MASK
+        rw = Rewrite(ack=ack, sack=sack, ts_ecr=ts_ecr)
+        return None if rw.empty else rw
+
+    # ------------------------------------------------------------ server -> client
+
+    def _on_server(self, ev: ServerSegment) -> None:
+        f = ev.flags
+        if f & SYN:
+            if not f & ACK:
+                raise RemoteProtocolError(
+                    f"conn {self.conn_id}: server TCP sent a SYN without ACK (active open)"
+                )
+            trig = T.SERVER_SYNACK if ev.ack == seq.add(self.c_isn, 1) else T.SERVER_SEGMENT
+        elif f & RST:
+            trig = T.SERVER_RESET if self.app_closed else T.SERVER_UNEXPLAINED
+        elif f & FIN:
+            trig = T.SERVER_FIN if self.app_shut_wr else T.SERVER_UNEXPLAINED
+        else:
+            trig = T.SERVER_SEGMENT
+        nxt = self._next(trig, ev)
+        st = self.state
+        if st is State.SYN_RECEIVED and trig is T.SERVER_SYNACK:
+            self._adopt_handshake(self.c_isn, self.client_opts, ev.seq, ev.syn_opts or SynOptions())
+            self._note_kernel_ack(ev)
+            self._emit(Log(self._handshake_record()))
+            self._held_synack = ev.ident
+            self._emit(Hold(ev.ident, "handshake not logged yet"))
+        elif st is State.SYN_RCVD_UNLOGGED and trig is T.SERVER_SYNACK:
+            if self._held_synack is not None:
+                self._emit(Drop(self._held_synack, "superseded by a retransmitted SYN-ACK"))
+            self._held_synack = ev.ident
+            self._emit(Hold(ev.ident, "handshake not logged yet"))
+        elif st in (State.SYN_RECEIVED, State.SYN_RCVD_UNLOGGED):
+            if trig in (T.SERVER_RESET, T.SERVER_UNEXPLAINED):
+                self._abandon("server reset during the handshake")
+                self._emit(Drop(ev.ident, "no close reported: the client will retry its SYN"))
+            else:
+                self._emit(Drop(ev.ident, "server segment before the handshake is logged"))
+        elif st is State.CRASHED:
+            self._emit(Drop(ev.ident, "server crashed: output of the dead connection"))
+        elif st is State.REPLAY_SYN_SENT:
+            if trig is T.SERVER_SYNACK:
+                self._rebuild_synack(ev)
+            else:
+                self._emit(Drop(ev.ident, "not the rebuilt SYN-ACK"))
+        elif trig is T.SERVER_UNEXPLAINED and st is not State.CLOSED:
+            self._emit(Drop(ev.ident, "FIN/RST without an application close"))
+            self._emit(StartRecovery(self.conn_id, "FIN/RST from the server TCP without close"))
+            self._crash(ev.now)
+        elif trig is T.SERVER_SYNACK and self._rebuilt:
+            self._emit(Drop(ev.ident, "rebuilt SYN-ACK retransmitted"))
+            self._emit(Fabricate(Direction.TO_SERVER, self._third_ack(), "third ack again"))
+        else:
+            self._server_live(ev)
+            if trig is T.SERVER_RESET and st is not State.CLOSED:
+                self._abandon("server reset after close")
+        self._set_state(nxt)
+
+    def _note_kernel_ack(self, ev: ServerSegment) -> None:
+        if not ev.flags & ACK:
+            return
+        k = ev.ack
+        scale = 0 if ev.flags & SYN else self.k_wscale
+        self.kernel_ack = k if self.kernel_ack is None else seq.max_(self.kernel_ack, k)
+        self.right_edge = seq.add(k, ev.window << scale)
+
+    def _server_live(self, ev: ServerSegment) -> None:
+        self._note_kernel_ack(ev)
+        if self._rebuilt:
+            self._refill_progress(ev.now)
+        pure = ev.payload_len == 0 and not ev.flags & (SYN | FIN | RST)
+        if (
+            ev.flags & ACK
+            and self.state is not State.CLOSED
+            and self.policy.should_hold(ev.ack, self.ack_limit, pure)
+        ):
+            self._held.append(ev)
+            self._emit(Hold(ev.ident, f"{self.policy.name}: ack not logged yet"))
+        else:
+            self._deliver_server(ev)
+        if self._rebuilt:
+            self._refill(ev.now)
+
+    def _deliver_server(self, ev: ServerSegment) -> None:
+        f = ev.flags
+        out_seq = seq.add(ev.seq, self.delta_seq)
+        end = seq.add(out_seq, ev.seg_len)
+        self.snd_nxt = seq.max_(self.snd_nxt, end)
+        kend = seq.add(ev.seq, ev.seg_len)
+        self.kernel_snd_nxt = seq.max_(self.kernel_snd_nxt, kend)
+        new_seq = out_seq if self.delta_seq else None
+        new_ack = new_win = None
+        if f & ACK:
+            syn = bool(f & SYN)
+            ack, win = clamp_ack_window(
+                ev.ack,
+                ev.window,
+                0 if syn else self.k_wscale,
+                self.ack_limit,
+                0 if syn else self.s_wscale,
+            )
+            if ack != ev.ack:
+                new_ack = ack
+            if win != ev.window:
+                new_win = win
+            self.delivered_ack = seq.max_(self.delivered_ack, ack)
+            self.advertised_edge = seq.add(ack, win << (0 if syn else self.s_wscale))
+        new_ts = self._ts_out(ev.ts_val, ev.now)
+        rw = Rewrite(seq=new_seq, ack=new_ack, window=new_win, ts_val=new_ts)
+        self._emit(Deliver(ev.ident, None if rw.empty else rw))
+
+    def _ts_out(self, ts_val: int | None, now: float) -> int | None:
+        """Client-view TSval for an outbound segment (None: unchanged); never backwards."""
+        if ts_val is None or not self.ts_ok:
+            return None
+        out = seq.add(ts_val, self.ts_off)
+        if self.ts_last_out is not None and seq.lt(out, self.ts_last_out):
+            out = self.ts_last_out
+        if self.ts_last_out is None or seq.gt(out, self.ts_last_out):
+            self.ts_last_out = out
+            self._ts_last_out_at = now
+        return None if out == ts_val else out
+
+    def _fabricate_ack(self, ack: int, window: int | None, reason: str) -> None:
+        if window is None:
+            room = 0
+            if self.right_edge is not None:
+                room = max(0, seq.sub(self.right_edge, ack))
+            window = min(MAX_WINDOW, room >> self.s_wscale)
+        self.delivered_ack = seq.max_(self.delivered_ack, ack)
+        self.advertised_edge = seq.add(ack, window << self.s_wscale)
+        self._emit(
+            Fabricate(
+                Direction.TO_CLIENT,
+                OutSegment(
+                    seq=self.snd_nxt,
+                    ack=ack,
+                    flags=ACK,
+                    window=window,
+                    ts_val=self.ts_last_out if self.ts_ok else None,
+                    ts_ecr=self.client_ts_val if self.ts_ok else None,
+                ),
+                reason,
+            )
+        )
+
+    def _probe(self, now: float) -> None:
+        """Closed-window ack: keeps the client in step while no server TCP exists."""
+        self._last_probe = now
+        self._next_probe = now + self.probe_interval
+        self._fabricate_ack(self._frozen_ack, 0, "closed-window ack (recovering)")
+
+    # ------------------------------------------------------------------- logger
+
+    def _on_logger_ack(self, ev: LoggerAck) -> None:
+        trig = T.LOGGER_ACK
+        if ev.handshake and not self.handshake_logged:
+            trig = T.HANDSHAKE_LOGGED
+        nxt = self._next(trig, ev)
+        if trig is T.HANDSHAKE_LOGGED:
+            self.handshake_logged = True
+            if self._held_synack is not None:
+                self._emit(Deliver(self._held_synack))
+                self._held_synack = None
+        if ev.stable_seq is not None and self.state is not State.LISTEN:
+            self._advance_stable(ev)
+        self._set_state(nxt)
+
+    def _advance_stable(self, ev: LoggerAck) -> None:
+        new = ev.stable_seq
+        assert new is not None
+        if seq.lt(new, self.stable_seq):
+            return  # stale (acks are monotonic; a batch may be reordered)
+        if seq.gt(new, self._client_max):
+            raise RemoteProtocolError(
+                f"conn {self.conn_id}: logger acknowledged {new}, beyond the client's "
+                f"data ({self._client_max})"
+            )
+        old = self.ack_limit
+        self.stable_seq = new
+        if ev.fin:
+            self._fin_logged = True
+        limit = self.ack_limit
+        if not seq.gt(limit, old) or self.state not in (State.ESTABLISHED, State.REPLAYING):
+            return
+        if self._held:
+            keep = []
+            for h in self._held:
+                if self.policy.may_release(h.ack, limit):
+                    self._deliver_server(h)
+                else:
+                    keep.append(h)
+            self._held = keep
+        view = AckView(
+            kernel_ack=self.kernel_ack,
+            delivered_ack=self.delivered_ack,
+            kernel_has=self._kernel_has.end,
+            right_edge=self.right_edge,
+            ip_packets=self.ip_packets,
+        )
+        ack = self.policy.on_stable(view, old, limit)
+        if ack is not None:
+            if seq.gt(ack, limit):
+                raise LocalProtocolError(f"{self.policy.name} fabricated ack beyond the limit")
+            self._fabricate_ack(ack, None, f"{self.policy.name} ack")
+
+    # ---------------------------------------------------------------------- NSW
+
+    def _on_read_reported(self, ev: ReadReported) -> None:
+        nxt = self._next(T.READ_REPORTED, ev)
+        r = ev.result
+        if r.conn_id != self.conn_id:
+            raise LocalProtocolError(f"conn {self.conn_id}: read result of conn {r.conn_id}")
+        self._emit(Log(r))
+        if r.order > self._reads_logged_upto:
+            self._pending_reads.append(r.order)
+        self._set_state(nxt)
+
+    def _on_read_logged(self, ev: ReadLogged) -> None:
+        nxt = self._next(T.READ_LOGGED, ev)
+        if ev.upto > self._reads_logged_upto:
+            self._reads_logged_upto = ev.upto
+            self._pending_reads = [o for o in self._pending_reads if o > ev.upto]
+            while self._blocked and self._output_allowed(self._blocked[0].after_order):
+                b = self._blocked.pop(0)
+                self._allow(b)
+        self._set_state(nxt)
+
+    def _output_allowed(self, after_order: int | None) -> bool:
+        if after_order is not None:
+            return after_order <= self._reads_logged_upto and not [
+                o for o in self._pending_reads if o <= after_order
+            ]
+        return not self._pending_reads
+
+    def _on_output(
+        self, ident: int, after_order: int | None, how: CloseHow | None, trig: Trigger, ev: Input
+    ) -> None:
+        nxt = self._next(trig, ev)
+        b = _Blocked(ident, after_order, how)
+        if not self._blocked and self._output_allowed(after_order):
+            self._allow(b)
+        else:
+            self._blocked.append(b)
+            self._emit(BlockWrite(ident, self.unstable_reads))
+        self._set_state(nxt)
+
+    def _allow(self, b: _Blocked) -> None:
+        if b.close is not None:
+            if b.close in (CloseHow.SHUT_WR, CloseHow.SHUT_RDWR, CloseHow.CLOSE):
+                self.app_shut_wr = True
+            if b.close is CloseHow.CLOSE:
+                self.app_closed = True
+            self._closes_logged += 1
+            replayed = self.plan is not None and self._closes_logged <= len(self.plan.closes)
+            if not replayed:
+                self._emit(Log(Close(self.conn_id, b.close)))
+        self._emit(AllowWrite(b.ident))
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def _on_timer(self, ev: Timer) -> None:
+        nxt = self._next(T.TIMER, ev)
+        now = ev.now
+        if self.state in _DARK and self._next_probe is not None and now >= self._next_probe:
+            self._probe(now)
+        if (
+            self.state is State.REPLAY_SYN_SENT
+            and self._syn_sent_at is not None
+            and now >= self._syn_sent_at + self.syn_rto
+            and self.plan is not None
+        ):
+            self._syn_sent_at = now
+            self._emit(Fabricate(Direction.TO_SERVER, self.plan.syn(), "rebuild SYN again"))
+        if self.refilling and self.state in _LIVE and now >= self._refill_at + self.refill_rto:
+            base = seq.add(self.c_isn, 1)
+            k = self.kernel_ack if self.kernel_ack is not None else base
+            self._inj_next = seq.max_(k, base)
+            self._fin_injected = False
+            self._refill_at = now
+            self._refill(now)
+        self._set_state(nxt)
+
+    def _on_process_died(self, ev: ProcessDied) -> None:
+        trig = T.APP_GONE if self.app_closed else T.PROCESS_DIED
+        nxt = self._next(trig, ev)
+        if nxt is State.CRASHED and self.state is not State.CRASHED:
+            self._crash(ev.now)
+        elif nxt is State.CLOSED and self.state is not State.CLOSED:
+            self._abandon("process died before the handshake completed")
+        self._set_state(nxt)
+
+    def _crash(self, now: float) -> None:
+        """Enter recovery: nothing the dead connection emits reaches the client."""
+        for h in self._held:
+            self._emit(Drop(h.ident, "server crashed"))
+        self._held.clear()
+        self._blocked.clear()
+        self._pending_reads.clear()
+        self.app_shut_wr = self.app_closed = False
+        self._closes_logged = 0
+        self._frozen_ack = seq.max_(self.ack_limit, self.delivered_ack)
+        self._rebuilt = False
+        self._refill_done = True
+        self._next_probe = now + self.probe_interval
+        self.policy.reset()
+
+    def _abandon(self, reason: str) -> None:
+        """The connection ends without recovery: drop what is held, let the logger forget."""
+        if self._held_synack is not None:
+            self._emit(Drop(self._held_synack, reason))
+            self._held_synack = None
+        for h in self._held:
+            self._emit(Drop(h.ident, reason))
+        self._held.clear()
+        if self.state is not State.LISTEN and self.state is not State.SYN_RECEIVED:
+            self._emit(Log(Finished(self.conn_id)))
+
+    # ----------------------------------------------------------------- recovery
+
+    def _adopt_handshake(
+        self, c_isn: int, c_opts: SynOptions, s_isn: int, s_opts: SynOptions
+    ) -> None:
+        self.c_isn, self.client_opts = c_isn, c_opts
+        self.s_isn, self.server_opts = seq.check(s_isn), s_opts
+        ws = c_opts.wscale is not None and s_opts.wscale is not None
+        self.c_wscale = (c_opts.wscale or 0) if ws else 0
+        self.s_wscale = (s_opts.wscale or 0) if ws else 0
+        self.k_wscale = self.s_wscale
+        self.ts_ok = c_opts.ts_val is not None and s_opts.ts_val is not None
+        self.sack_ok = c_opts.sack_ok and s_opts.sack_ok
+        if not self._snd_known:
+            self.server_seq = self.snd_nxt = seq.add(s_isn, 1)
+            self._snd_known = True
+        if self.ts_ok and s_opts.ts_val is not None and self.ts_last_out is None:
+            self.ts_last_out = s_opts.ts_val
+
+    def _handshake_record(self) -> Handshake:
+        return Handshake(
+            conn_id=self.conn_id,
+            accept_order=self.accept_order,
+            client_ip=self.client[0],
+            client_port=self.client[1],
+            server_ip=self.server[0],
+            server_port=self.server[1],
+            c_isn=self.c_isn,
+            s_isn=self.s_isn,
+            client_opts=self.client_opts,
+            server_opts=self.server_opts,
+        )
+
+    def recovery_hints(self, now: float) -> dict[str, object]:
+        """Keyword arguments for `replay.plan_recovery` from what this SSW saw itself."""
+        hints: dict[str, object] = {"server_seq_hint": self.server_seq}
+        if self.ts_ok and self.ts_last_out is not None:
+            hints["last_ts_out"] = self.ts_last_out
+            hints["ts_elapsed"] = max(0.0, now - self._ts_last_out_at)
+        return hints
+
+    def _on_rebuild(self, ev: Rebuild) -> None:
+        nxt = self._next(T.REBUILD, ev)
+        plan = ev.plan
+        if not isinstance(plan, RecoveryPlan):
+            raise LocalProtocolError(f"Rebuild needs a RecoveryPlan, not {type(plan).__name__}")
+        if plan.conn_id != self.conn_id or plan.c_isn != self.c_isn or plan.s_isn != self.s_isn:
+            raise LocalProtocolError(f"conn {self.conn_id}: plan is for another connection")
+        if seq.lt(plan.ack_limit, self._frozen_ack):
+            raise LocalProtocolError(
+                f"conn {self.conn_id}: the log ends at {plan.ack_limit} but the client was "
+                f"acked up to {self._frozen_ack} (acknowledged bytes lost: invariant 6)"
+            )
+        self.plan = plan
+        if seq.gt(plan.stable_seq, self.stable_seq):
+            self.stable_seq = plan.stable_seq
+        if plan.client_fin and plan.stable_seq == self.stable_seq:
+            self._fin_logged = True
+        self._syn_sent_at = ev.now
+        self._emit(Fabricate(Direction.TO_SERVER, plan.syn(), "rebuild: client SYN"))
+        self._set_state(nxt)
+
+    def _ts_floor(self, now: float) -> int | None:
+        cands: list[int] = []
+        if self.plan is not None and self.plan.ts_floor is not None:
+            cands.append(self.plan.ts_floor)
+        if self.ts_last_out is not None:
+            ticks = 1 + max(0, int((now - self._ts_last_out_at) * TS_HZ))
+            cands.append(seq.add(self.ts_last_out, ticks))
+        if not cands:
+            return None
+        best = cands[0]
+        for c in cands[1:]:
+            best = seq.max_(best, c)
+        return best
+
+    def _rebuild_synack(self, ev: ServerSegment) -> None:
+        plan = self.plan
+        assert plan is not None
+        opts = ev.syn_opts or SynOptions()
+        n_isn = ev.seq
+        self._n_isn = n_isn
+        ws = self.client_opts.wscale is not None and self.server_opts.wscale is not None
+        self.k_wscale = (opts.wscale or 0) if ws and opts.wscale is not None else 0
+        self.delta_seq = plan.delta_seq(n_isn)
+        self._n_tsval = opts.ts_val if opts.ts_val is not None else ev.ts_val
+        if self.ts_ok and self._n_tsval is not None:
+            self.ts_off = plan.ts_offset(self._n_tsval, self._ts_floor(ev.now))
+        else:
+            self.ts_off = 0
+        base = seq.add(self.c_isn, 1)
+        self.kernel_snd_nxt = seq.add(n_isn, 1)
+        self.kernel_una = seq.add(n_isn, 1)
+        self.kernel_ack = base
+        self.right_edge = seq.add(base, ev.window)
+        self._kernel_has = _Coverage(base)
+        self._kmss = opts.mss or DEFAULT_MSS
+        self._inj_next = base
+        self._fin_injected = False
+        self._refill_done = False
+        self._refill_at = ev.now
+        self._rebuilt = True
+        self.policy.reset()
+        self._emit(Drop(ev.ident, "rebuilt SYN-ACK: answered by SSW"))
+        self._emit(Fabricate(Direction.TO_SERVER, self._third_ack(), "rebuild: third ack"))
+        self._refill(ev.now)
+
+    def _third_ack(self) -> OutSegment:
+        assert self.plan is not None
+        a = self.plan.third_ack(self._n_isn, self._n_tsval)
+        return OutSegment(
+            seq=a.seq,
+            ack=a.ack,
+            flags=a.flags,
+            window=self.client_window,
+            ts_val=(self.client_ts_val if self.client_ts_val is not None else a.ts_val)
+            if self.ts_ok
+            else None,
+            ts_ecr=a.ts_ecr,
+        )
+
+    def _refill_target(self) -> int:
+        assert self.plan is not None
+        return self.plan.ack_limit
+
+    def _refill_progress(self, now: float) -> None:
+        if self._refill_done or self.kernel_ack is None:
+            return
+        k = self.kernel_ack
+        if seq.gt(k, self._inj_next):
+            self._inj_next = k
+        if seq.gt(k, self._refill_mark):
+            self._refill_at = now
+        self._refill_mark = k
+        if seq.ge(k, self._refill_target()):
+            self._refill_done = True
+
+    def _refill(self, now: float) -> None:
+        """Inject logged instream bytes into the rebuilt connection, paced by its window."""
+        plan = self.plan
+        if self._refill_done or plan is None or self.right_edge is None:
+            return
+        ack = self._kernel_view_ack(self.server_seq)
+        self.kernel_una = seq.max_(self.kernel_una, ack)
+        ts_ecr = self._n_tsval
+        for sq, chunk in plan.instream_chunks(self._inj_next, self.right_edge, self._kmss):
+            self._emit(
+                Fabricate(
+                    Direction.TO_SERVER,
+                    plan.refill_segment(
+                        sq, chunk, ack, self.client_window, ts_ecr, ts_val=self.client_ts_val
+                    ),
+                    "refill: logged instream",
+                )
+            )
+            end = seq.add(sq, len(chunk))
+            self._kernel_has.add(sq, end)
+            self._inj_next = end
+        if plan.client_fin and not self._fin_injected and self._inj_next == plan.stable_seq:
+            self._fin_injected = True
+            self._kernel_has.add(plan.stable_seq, seq.add(plan.stable_seq, 1))
+            self._emit(
+                Fabricate(
+                    Direction.TO_SERVER,
+                    plan.refill_segment(
+                        plan.stable_seq,
+                        b"",
+                        ack,
+                        self.client_window,
+                        ts_ecr,
+                        fin=True,
+                        ts_val=self.client_ts_val,
+                    ),
+                    "refill: logged client FIN",
+                )
+            )

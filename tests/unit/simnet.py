@@ -1,0 +1,1116 @@
+"""In-memory world for sans-IO tests of the FT core.
+
+client TCP  ⇄ (faulty link) ⇄  SSW (`Connection`)  ⇄  toy kernel TCP  ⇄  NSW  ⇄  toy app
+                                        ⇅
+                                  in-memory logger
+
+The TCPs are toys (go-back-N, cumulative acks, window scaling, timestamps with
+PAWS, ack-of-unsent-data drops like Linux) but honest about what FT-TCP relies
+on. Everything is driven by a discrete clock; faults come from one seeded RNG.
+Monitors check DESIGN.md invariants 1-6 at every step and collect violations.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from ftcp.core import seq
+from ftcp.core.ackpolicy import make_policy
+from ftcp.core.conn import Connection, State
+from ftcp.core.events import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    AllowWrite,
+    BlockWrite,
+    ClientSegment,
+    CloseRequest,
+    Deliver,
+    Direction,
+    Drop,
+    Fabricate,
+    Hold,
+    Log,
+    LoggerAck,
+    ProcessDied,
+    ReadLogged,
+    ReadReported,
+    Rebuild,
+    ReplayDone,
+    ServerSegment,
+    StartRecovery,
+    Timer,
+    WriteRequest,
+)
+from ftcp.core.reassembly import Reassembler
+from ftcp.core.records import (
+    Close,
+    CloseHow,
+    ConnectionLog,
+    Finished,
+    Handshake,
+    InSegment,
+    ReadKind,
+    ReadResult,
+    SynOptions,
+    WriteMark,
+)
+from ftcp.core.replay import OutstreamDigest, RecoveryPlan, plan_recovery
+
+# ----------------------------------------------------------------------------- segments
+
+
+@dataclass(frozen=True, slots=True)
+class Seg:
+    seq: int
+    ack: int
+    flags: int
+    window: int
+    payload: bytes = b""
+    syn_opts: SynOptions | None = None
+    ts_val: int | None = None
+    ts_ecr: int | None = None
+    sack: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def seg_len(self) -> int:
+        return len(self.payload) + (1 if self.flags & SYN else 0) + (1 if self.flags & FIN else 0)
+
+
+class Link:
+    """One direction of the client link: delay plus seeded loss, duplication, reordering."""
+
+    def __init__(
+        self,
+        rng: random.Random,
+        delay: float,
+        loss: float = 0.0,
+        dup: float = 0.0,
+        reorder: float = 0.0,
+    ) -> None:
+        self.rng, self.delay, self.loss, self.dup, self.reorder = rng, delay, loss, dup, reorder
+        self._q: list[tuple[float, int, Seg]] = []
+        self._n = itertools.count()
+
+    def send(self, now: float, s: Seg) -> None:
+        r = self.rng
+        if r.random() < self.loss:
+            return
+        for _ in range(2 if r.random() < self.dup else 1):
+            d = self.delay + (r.uniform(0, 4 * self.delay) if r.random() < self.reorder else 0)
+            heapq.heappush(self._q, (now + d, next(self._n), s))
+
+    def due(self, now: float) -> list[Seg]:
+        out = []
+        while self._q and self._q[0][0] <= now:
+            out.append(heapq.heappop(self._q)[2])
+        return out
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+
+# ------------------------------------------------------------------------------ toy TCP
+
+
+class ToyTCP:
+    """A small honest TCP: go-back-N sender, in-order receiver, scaled windows, PAWS.
+
+    Offsets are relative to ISN+1 in each direction; the FIN takes offset
+    `len(out)` on the sending side. `history` keeps every in-order byte ever
+    received, so an overlapping retransmission that differs is caught.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        iss: int,
+        mss: int,
+        wscale: int | None,
+        rcvbuf: int,
+        ts_base: int | None,
+        rto: float,
+        sack_ok: bool = False,
+    ) -> None:
+        self.name = name
+        self.iss = iss
+        self.mss = mss
+        self.my_ws_offer = wscale
+        self.rcvbuf = rcvbuf
+        self.ts_base = ts_base
+        self.rto = rto
+        self.sack_ok = sack_ok
+        self.state = "CLOSED"
+        self.out = bytearray()
+        self.close_requested = False
+        self.una = -1  # -1: SYN not acked
+        self.nxt = -1
+        self.max_sent = -1
+        self.edge = 0
+        self.irs = 0
+        self.rcv_nxt = 0
+        self.inbuf = bytearray()
+        self.history = bytearray()
+        self.fin_rcvd = False
+        self.peer_ws = 0
+        self.my_ws = 0
+        self.ts_ok = False
+        self.ts_recent: int | None = None
+        self.rtx_at: float | None = None
+        self.errors: list[str] = []
+        self.last_adv_window = 0
+        self.peer_syn_opts: SynOptions | None = None
+
+    # -- helpers
+    def ts_now(self, now: float) -> int | None:
+        if self.ts_base is None:
+            return None
+        return seq.add(self.ts_base, int(now * 1000))
+
+    def window(self) -> int:
+        return min(0xFFFF, max(0, self.rcvbuf - len(self.inbuf)) >> self.my_ws)
+
+    def _seg(self, now: float, off: int, flags: int, payload: bytes = b"") -> Seg:
+        w = self.window()
+        self.last_adv_window = w
+        return Seg(
+            seq=seq.add(self.iss, 1 + off),
+            ack=seq.add(self.irs, 1 + self.rcv_nxt),
+            flags=flags | ACK,
+            window=w,
+            payload=payload,
+            ts_val=self.ts_now(now) if self.ts_ok else None,
+            ts_ecr=self.ts_recent if self.ts_ok else None,
+        )
+
+    def _syn_opts(self, now: float, peer: SynOptions | None) -> SynOptions:
+        if peer is None:  # active open: offer everything we do
+            return SynOptions(
+                mss=self.mss,
+                wscale=self.my_ws_offer,
+                sack_ok=self.sack_ok,
+                ts_val=self.ts_now(now),
+                ts_ecr=0 if self.ts_base is not None else None,
+            )
+        return SynOptions(
+            mss=self.mss,
+            wscale=self.my_ws_offer if peer.wscale is not None else None,
+            sack_ok=self.sack_ok and peer.sack_ok,
+            ts_val=self.ts_now(now) if peer.ts_val is not None else None,
+            ts_ecr=peer.ts_val if peer.ts_val is not None else None,
+        )
+
+    def _negotiate(self, mine: SynOptions, peer: SynOptions) -> None:
+        if mine.wscale is not None and peer.wscale is not None:
+            self.my_ws, self.peer_ws = mine.wscale, peer.wscale
+        self.ts_ok = mine.ts_val is not None and peer.ts_val is not None
+        if self.ts_ok:
+            self.ts_recent = peer.ts_val
+
+    # -- opening
+    def connect(self, now: float) -> list[Seg]:
+        self.state = "SYN_SENT"
+        self.rtx_at = now + self.rto
+        self.nxt = 0
+        self.max_sent = 0
+        return [self._syn(now)]
+
+    def _syn(self, now: float) -> Seg:
+        o = self._syn_opts(now, None)
+        return Seg(
+            self.iss, 0, SYN, min(0xFFFF, self.rcvbuf), syn_opts=o, ts_val=o.ts_val, ts_ecr=0
+        )
+
+    def listen(self) -> None:
+        self.state = "LISTEN"
+
+    def _synack(self, now: float) -> Seg:
+        o = self._syn_opts(now, self.peer_syn_opts)
+        return Seg(
+            self.iss,
+            seq.add(self.irs, 1),
+            SYN | ACK,
+            min(0xFFFF, self.rcvbuf),
+            syn_opts=o,
+            ts_val=o.ts_val,
+            ts_ecr=o.ts_ecr,
+        )
+
+    # -- application side
+    def write(self, data: bytes) -> None:
+        assert not self.close_requested
+        self.out += data
+
+    def close(self) -> None:
+        self.close_requested = True
+
+    def read(self, n: int) -> bytes:
+        d = bytes(self.inbuf[:n])
+        del self.inbuf[:n]
+        return d
+
+    @property
+    def all_acked(self) -> bool:
+        return self.una == len(self.out) + (1 if self.close_requested else 0)
+
+    # -- input
+    def receive(self, now: float, s: Seg) -> list[Seg]:
+        st = self.state
+        if st in ("CLOSED", "RESET"):
+            return []
+        if s.flags & RST:
+            self.state = "RESET"
+            self.errors.append(f"{self.name}: connection reset")
+            return []
+        if st == "LISTEN":
+            if s.flags & SYN and not s.flags & ACK:
+                self.irs = s.seq
+                self.peer_syn_opts = s.syn_opts or SynOptions()
+                mine = self._syn_opts(now, self.peer_syn_opts)
+                self._negotiate(mine, self.peer_syn_opts)
+                self.state = "SYN_RCVD"
+                self.nxt = self.max_sent = 0
+                self.rtx_at = now + self.rto
+                return [self._synack(now)]
+            return []
+        if st == "SYN_SENT":
+            if s.flags & SYN and s.flags & ACK and s.ack == seq.add(self.iss, 1):
+                self.irs = s.seq
+                self._negotiate(self._syn_opts(now, None), s.syn_opts or SynOptions())
+                self.una = 0
+                self.edge = s.window  # SYN window: unscaled
+                self.state = "ESTABLISHED"
+                self.rtx_at = None
+                return [self._seg(now, 0, 0)] + self.output(now)
+            return []
+        if s.flags & SYN:
+            if st == "SYN_RCVD" and not s.flags & ACK and s.seq == self.irs:
+                return [self._synack(now)]  # retransmitted SYN
+            # SYN-ACK again (our ack was lost): ack it
+            return [self._seg(now, max(self.nxt, 0), 0)]
+        paws = self.ts_ok and s.ts_val is not None and self.ts_recent is not None
+        if paws and seq.lt(s.ts_val, self.ts_recent):
+            return [self._seg(now, max(self.nxt, 0), 0)]  # PAWS: old duplicate
+        if st == "SYN_RCVD":
+            if s.flags & ACK and s.ack == seq.add(self.iss, 1):
+                self.una = 0
+                self.edge = 0
+                self.state = "ESTABLISHED"
+                self.rtx_at = None
+            else:
+                return []
+        out: list[Seg] = []
+        if s.flags & ACK:
+            a = seq.sub(s.ack, seq.add(self.iss, 1))
+            if a > self.max_sent:
+                return []  # ack of unsent data: Linux drops the whole segment
+            if a >= self.una:
+                if a > self.una:
+                    self.una = a
+                    self.rtx_at = now + self.rto if self.una < self.max_sent else None
+                    self.nxt = max(self.nxt, self.una)
+                self.edge = a + (s.window << self.peer_ws)
+        off = seq.sub(s.seq, seq.add(self.irs, 1))
+        need_ack = False
+        if s.payload:
+            need_ack = True
+            if off <= self.rcv_nxt:
+                # overlap with history must match exactly (no byte changes on retransmission)
+                overlap = min(len(s.payload), self.rcv_nxt - off)
+                old = self.history[off : off + overlap] if off >= 0 else None
+                if overlap > 0 and old is not None and old != s.payload[:overlap]:
+                    self.errors.append(f"{self.name}: retransmitted bytes differ at {off}")
+                new = s.payload[max(0, self.rcv_nxt - off) :]
+                room = max(0, self.rcvbuf - len(self.inbuf))
+                new = new[:room]
+                self.inbuf += new
+                self.history += new
+                self.rcv_nxt += len(new)
+        elif off < self.rcv_nxt:
+            need_ack = True  # window probe / old segment
+        if s.flags & FIN:
+            need_ack = True
+            fin_off = off + len(s.payload)
+            if fin_off == self.rcv_nxt and not self.fin_rcvd:
+                self.fin_rcvd = True
+                self.rcv_nxt += 1
+        if (
+            self.ts_ok
+            and s.ts_val is not None
+            and off <= self.rcv_nxt
+            and (self.ts_recent is None or seq.ge(s.ts_val, self.ts_recent))
+        ):
+            self.ts_recent = s.ts_val
+        if need_ack:
+            out.append(self._seg(now, max(self.nxt, 0), 0))
+        out += self.output(now)
+        return out
+
+    def output(self, now: float) -> list[Seg]:
+        if self.state not in ("ESTABLISHED",):
+            return []
+        out: list[Seg] = []
+        limit = min(len(self.out), self.edge)
+        while self.nxt < limit:
+            n = min(self.mss, limit - self.nxt)
+            out.append(self._seg(now, self.nxt, PSH, bytes(self.out[self.nxt : self.nxt + n])))
+            self.nxt += n
+        if self.close_requested and self.nxt == len(self.out):
+            out.append(self._seg(now, self.nxt, FIN))
+            self.nxt += 1
+        if out:
+            self.max_sent = max(self.max_sent, self.nxt)
+            if self.rtx_at is None:
+                self.rtx_at = now + self.rto
+        return out
+
+    def window_update(self, now: float, before: int) -> list[Seg]:
+        """After the application read: tell the peer when the window opened a lot."""
+        if self.state != "ESTABLISHED":
+            return []
+        w = self.window()
+        if (w - before) << self.my_ws >= 2 * self.mss or (before == 0 and w > 0):
+            return [self._seg(now, max(self.nxt, 0), 0)]
+        return []
+
+    def tick(self, now: float) -> list[Seg]:
+        if self.rtx_at is None or now < self.rtx_at:
+            return []
+        self.rtx_at = now + self.rto
+        if self.state == "SYN_SENT":
+            return [self._syn(now)]
+        if self.state == "SYN_RCVD":
+            return [self._synack(now)]
+        if self.state != "ESTABLISHED":
+            return []
+        pending = self.una < len(self.out) + (1 if self.close_requested else 0)
+        if not pending:
+            self.rtx_at = None
+            return []
+        if self.edge <= self.una and self.una < len(self.out):  # zero window: probe
+            return [self._seg(now, self.una - 1, 0)]
+        self.nxt = self.una  # go back N
+        return self.output(now)
+
+
+# ------------------------------------------------------------------------------ logger
+
+
+class Logger:
+    """In-memory logger: applies records after a seeded delay, acks after another."""
+
+    def __init__(self, rng: random.Random, delay: tuple[float, float]) -> None:
+        self.rng = rng
+        self.delay = delay
+        self.inbox: list[tuple[float, object]] = []
+        self.outbox: list[tuple[float, tuple[int | None, object]]] = []
+        self.hs: dict[int, Handshake] = {}
+        self.reasm: dict[int, Reassembler] = {}
+        self.server_seq: dict[int, int] = {}
+        self.reads: dict[int, list[ReadResult]] = {}
+        self.read_upto = -1
+        self.marks: dict[int, WriteMark] = {}
+        self.closes: dict[int, list[Close]] = {}
+        self.client_window: dict[int, int] = {}
+        self.client_ts: dict[int, int | None] = {}
+        self.finished: set[int] = set()
+
+    def _at(self, box: list, now: float) -> float:
+        t = now + self.rng.uniform(*self.delay)
+        return max(t, box[-1][0]) if box else t  # FIFO, like one TCP connection
+
+    def send(self, now: float, rec: object) -> None:
+        self.inbox.append((self._at(self.inbox, now), rec))
+
+    def ack_limit(self, conn_id: int) -> int | None:
+        r = self.reasm.get(conn_id)
+        return None if r is None else r.ack_limit
+
+    def step(self, now: float) -> list[tuple[int | None, object]]:
+        """Apply due records; return the due acks as (conn_id or None, LoggerAck/ReadLogged)."""
+        touched: set[int] = set()
+        reads = False
+        while self.inbox and self.inbox[0][0] <= now:
+            _, rec = self.inbox.pop(0)
+            match rec:
+                case Handshake():
+                    self.hs[rec.conn_id] = rec
+                    self.reasm[rec.conn_id] = Reassembler(rec.c_isn)
+                    self.server_seq[rec.conn_id] = seq.add(rec.s_isn, 1)
+                    self.reads[rec.conn_id] = []
+                    self.closes[rec.conn_id] = []
+                    touched.add(rec.conn_id)
+                case InSegment():
+                    c = rec.conn_id
+                    self.reasm[c].add(rec.seq, rec.payload, rec.fin)
+                    self.server_seq[c] = seq.max_(self.server_seq[c], rec.ack)
+                    self.client_window[c] = rec.window
+                    if rec.ts_val is not None:
+                        self.client_ts[c] = rec.ts_val
+                    touched.add(c)
+                case ReadResult():
+                    self.reads[rec.conn_id].append(rec)
+                    self.read_upto = max(self.read_upto, rec.order)
+                    reads = True
+                case WriteMark():
+                    self.marks[rec.conn_id] = rec
+                case Close():
+                    self.closes[rec.conn_id].append(rec)
+                case Finished():
+                    self.finished.add(rec.conn_id)
+                case _:
+                    raise AssertionError(rec)
+        for c in touched:
+            r = self.reasm[c]
+            self.outbox.append(
+                (
+                    self._at(self.outbox, now),
+                    (c, LoggerAck(now, r.stable_seq, fin=r.fin_reached, handshake=True)),
+                )
+            )
+        if reads:
+            ack = (None, ReadLogged(now, self.read_upto))
+            self.outbox.append((self._at(self.outbox, now), ack))
+        due = []
+        while self.outbox and self.outbox[0][0] <= now:
+            due.append(self.outbox.pop(0)[1])
+        return due
+
+    @property
+    def idle(self) -> bool:
+        return not self.inbox
+
+    def to_log(self, c: int) -> ConnectionLog:
+        r = self.reasm[c]
+        return ConnectionLog(
+            handshake=self.hs[c],
+            stable_seq=r.stable_seq,
+            server_seq=self.server_seq[c],
+            instream=r.contiguous,
+            client_fin=r.fin_reached,
+            reads=list(self.reads[c]),
+            write_mark=self.marks.get(c),
+            closes=list(self.closes[c]),
+            client_window=self.client_window.get(c, 0),
+            client_ts_val=self.client_ts.get(c),
+        )
+
+
+# ------------------------------------------------------------------------ application
+
+
+class EchoLogic:
+    """A deterministic server: output depends on read results (lengths, EAGAINs, EOF).
+
+    Each complete request line is answered with its upper-cased text, the number
+    of DATA reads so far and the EAGAIN count mod 5, so a replay that returned
+    different read lengths or dropped an EAGAIN would produce different bytes.
+    """
+
+    SIZES = (5, 64, 13, 1, 200, 7)
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.buf = b""
+        self.nreads = 0
+        self.eagains = 0
+        self.output = bytearray()
+        self.reads: list[tuple[ReadKind, bytes]] = []
+
+    def next_max(self) -> int:
+        return self.SIZES[self.calls % len(self.SIZES)]
+
+    def on_read(self, kind: ReadKind, data: bytes) -> tuple[bytes, bool]:
+        self.calls += 1
+        self.reads.append((kind, data))
+        out = b""
+        if kind == ReadKind.EAGAIN:
+            self.eagains += 1
+            return out, False
+        if kind == ReadKind.EOF:
+            out = b"BYE\n"
+            self.output += out
+            return out, True
+        self.nreads += 1
+        self.buf += data
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            out += b"%s|%d|%d\n" % (line.upper(), self.nreads, self.eagains % 5)
+        self.output += out
+        return out, False
+
+
+@dataclass
+class _Op:
+    ident: int
+    kind: str  # "write" | "close"
+    data: bytes = b""
+
+
+class App:
+    """One incarnation of the server application plus its NSW agent."""
+
+    def __init__(self, world: World, plan: RecoveryPlan | None) -> None:
+        self.w = world
+        self.logic = EchoLogic()
+        self.plan = plan
+        self.replayer = plan.read_replayer() if plan else None
+        self.wfilter = plan.write_filter() if plan else None
+        self.replay_done_sent = plan is None
+        self.kconn: ToyTCP | None = None
+        self.conn_id: int | None = None
+        self.ops: list[_Op] = []  # output waiting for AllowWrite, in order
+        self.allowed: set[int] = set()
+        self.closed = False
+        self.digest: OutstreamDigest | None = None
+        self.rebuild_sent = False
+        self.reported: list[int] = []
+
+    def step(self, now: float) -> None:
+        if self.kconn is None:
+            self._accept(now)
+            return
+        self.step_output(now)
+        if self.ops or self.closed:
+            return
+        self._read(now)
+
+    def _accept(self, now: float) -> None:
+        w = self.w
+        conn = w.ssw.conn
+        if self.plan is not None and conn is not None and not self.rebuild_sent:
+            self.rebuild_sent = True
+            w.ssw.feed(Rebuild(now, self.plan))
+        k = w.kernel
+        if k is not None and k.state == "ESTABLISHED" and conn is not None:
+            self.kconn = k
+            self.conn_id = conn.conn_id
+            self.digest = OutstreamDigest(conn.conn_id)
+            self._maybe_replay_done(now)
+
+    def _maybe_replay_done(self, now: float) -> None:
+        if not self.replay_done_sent and self.replayer is not None and self.replayer.done:
+            self.replay_done_sent = True
+            self.w.ssw.feed(ReplayDone(now))
+
+    def _read(self, now: float) -> None:
+        w, k = self.w, self.kconn
+        assert k is not None and self.conn_id is not None
+        max_len = self.logic.next_max()
+        if self.replayer is not None and not self.replayer.done:
+            r = self.replayer.read(max_len, len(k.inbuf))
+            if not r.ready:
+                return  # wait for the refill
+            assert r.kind is not None
+            data = b""
+            if r.kind == ReadKind.DATA:
+                before = k.window()
+                data = k.read(r.length)
+                if data != r.data:
+                    w.violations.append(f"refill gave {data!r}, log says {r.data!r}")
+                w.kernel_out += k.window_update(now, before)
+            self._after_read(now, r.kind, data)
+            self._maybe_replay_done(now)
+            return
+        if k.inbuf:
+            before = k.window()
+            data = k.read(max_len)
+            w.kernel_out += k.window_update(now, before)
+            kind = ReadKind.DATA
+        elif k.fin_rcvd:
+            data, kind = b"", ReadKind.EOF
+        else:
+            data, kind = b"", ReadKind.EAGAIN
+        order = w.next_order
+        w.next_order += 1
+        self.reported.append(order)
+        w.ssw.feed(ReadReported(now, ReadResult(self.conn_id, order, kind, len(data))))
+        self._after_read(now, kind, data)
+
+    def _after_read(self, now: float, kind: ReadKind, data: bytes) -> None:
+        out, close = self.logic.on_read(kind, data)
+        if out:
+            self._write(now, out)
+        if close:
+            self.closed = True
+            self._output(now, _Op(next(self.w.idents), "close"))
+
+    def _write(self, now: float, data: bytes) -> None:
+        if self.wfilter is not None:
+            f = self.wfilter.write(data)
+            data = data[f.discard :]
+            if not data:
+                return
+        self._output(now, _Op(next(self.w.idents), "write", data))
+
+    def _output(self, now: float, op: _Op) -> None:
+        self.ops.append(op)
+        self.w.ops[op.ident] = self
+        if op.kind == "write":
+            self.w.ssw.feed(WriteRequest(now, op.ident, len(op.data)))
+        else:
+            self.w.ssw.feed(CloseRequest(now, op.ident, CloseHow.CLOSE))
+        self.step_output(now)
+
+    def step_output(self, now: float) -> None:
+        w = self.w
+        while self.ops and self.ops[0].ident in self.allowed:
+            op = self.ops.pop(0)
+            self._commit_check(op)
+            assert self.kconn is not None
+            if op.kind == "write":
+                self.kconn.write(op.data)
+                if self.digest is not None and self.wfilter is None:
+                    m = self.digest.update(op.data)
+                    w.logger.send(now, m)
+            else:
+                self.kconn.close()
+                w.close_seen = True
+            w.kernel_out += self.kconn.output(now)
+        if self.wfilter is not None and self.conn_id is not None:
+            # after replay the filter's running checksum is the outstream's: keep marking
+            wf = self.wfilter
+            last = wf._marks[-1].total if wf._marks else 0
+            if wf.total > last and wf.total > self._last_mark:
+                self._last_mark = wf.total
+                w.logger.send(now, WriteMark(self.conn_id, wf.total, wf.checksum))
+
+    _last_mark = 0
+
+    def _commit_check(self, op: _Op) -> None:
+        """Invariant 3: output leaves only after every earlier read result is logged."""
+        if self.reported and self.w.logger.read_upto < self.reported[-1]:
+            self.w.violations.append(
+                f"output commit: {op.kind} while read {self.reported[-1]} is unlogged"
+            )
+
+
+# ------------------------------------------------------------------------------- SSW
+
+
+class SSWGlue:
+    """The SSW I/O layer, as thin as the real one: feed inputs, carry out actions."""
+
+    def __init__(self, world: World, policy: str) -> None:
+        self.w = world
+        self.policy = policy
+        self.conn: Connection | None = None
+        self.pending: dict[int, tuple[Direction, Seg]] = {}
+        self.started_recovery = 0
+        self.conn_ids = itertools.count(1)
+
+    def feed(self, ev: object) -> None:
+        assert self.conn is not None
+        self.run(self.conn.handle(ev))  # type: ignore[arg-type]
+
+    def from_client(self, now: float, s: Seg) -> None:
+        w = self.w
+        new_conn = self.conn is None or self.conn.state is State.CLOSED
+        if s.flags & SYN and not s.flags & ACK and new_conn:
+            if w.app is None or w.down:
+                return  # new SYNs wait (dropped: the client retries) while recovering
+            self.conn = Connection(
+                next(self.conn_ids),
+                client=("10.0.0.1", 40000),
+                server=("10.0.0.2", 80),
+                policy=make_policy(self.policy),
+            )
+        if self.conn is None:
+            return
+        ident = next(w.idents)
+        self.pending[ident] = (Direction.TO_SERVER, s)
+        self.feed(ClientSegment(ident, now, **_fields(s)))
+
+    def from_kernel(self, now: float, s: Seg) -> None:
+        if self.conn is None:
+            return
+        ident = next(self.w.idents)
+        self.pending[ident] = (Direction.TO_CLIENT, s)
+        self.feed(ServerSegment(ident, now, **_fields(s)))
+
+    def run(self, actions: list) -> None:
+        w = self.w
+        for a in actions:
+            match a:
+                case Deliver():
+                    d, s = self.pending.pop(a.ident)
+                    new = s
+                    if a.rewrite is not None:
+                        rw = a.rewrite
+                        new = replace(
+                            s,
+                            **{
+                                k: getattr(rw, k)
+                                for k in ("seq", "ack", "window", "ts_val", "ts_ecr", "sack")
+                                if getattr(rw, k) is not None
+                            },
+                        )
+                    if d is Direction.TO_CLIENT:
+                        w.to_client(new, s)
+                    else:
+                        w.to_kernel(new)
+                case Drop():
+                    d, s = self.pending.pop(a.ident, (None, None))
+                    mut = w.cfg.mutations
+                    if s is not None and "deliver_dropped_close" in mut and s.flags & (FIN | RST):
+                        w.to_client(s, s)
+                case Hold():
+                    assert a.ident in self.pending
+                    d, s = self.pending[a.ident]
+                    if "no_handshake_hold" in w.cfg.mutations and s.flags & SYN:
+                        w.to_client(s, s)
+                case Log():
+                    w.logger.send(w.now, a.record)
+                case Fabricate():
+                    o = a.segment
+                    s = Seg(
+                        o.seq, o.ack, o.flags, o.window, o.payload, o.syn_opts, o.ts_val, o.ts_ecr
+                    )
+                    w.fabricated[a.reason.split(":")[0]] += 1
+                    if a.direction is Direction.TO_CLIENT:
+                        w.to_client(s, None)
+                    else:
+                        w.to_kernel(s)
+                case AllowWrite():
+                    app = w.ops.pop(a.ident, None)
+                    if app is not None and app is w.app:
+                        app.allowed.add(a.ident)
+                        app.step_output(w.now)
+                case BlockWrite():
+                    w.blocked_writes += 1
+                case StartRecovery():
+                    self.started_recovery += 1
+                case _:
+                    raise AssertionError(a)
+
+
+def _fields(s: Seg) -> dict:
+    return {
+        "seq": s.seq,
+        "ack": s.ack,
+        "flags": s.flags,
+        "window": s.window,
+        "payload_len": len(s.payload),
+        "payload": s.payload,
+        "syn_opts": s.syn_opts,
+        "ts_val": s.ts_val,
+        "ts_ecr": s.ts_ecr,
+        "sack": s.sack,
+    }
+
+
+# ------------------------------------------------------------------------------ world
+
+
+REQUESTS = (
+    b"hello world\n",
+    b"a second request, somewhat longer than one segment of the toy tcp\n",
+    b"x" * 150 + b"\n",
+    b"last one\n",
+)
+
+
+@dataclass
+class Config:
+    seed: int = 1
+    policy: str = "conditional"
+    loss: float = 0.05
+    dup: float = 0.03
+    reorder: float = 0.1
+    link_delay: float = 0.003
+    logger_delay: tuple[float, float] = (0.001, 0.008)
+    client_iss: int = seq.MASK - 40  # wraps during the exchange
+    client_ws: int | None = 1
+    server_ws: tuple[int | None, ...] = (2, 0, 3)  # per incarnation
+    server_isns: tuple[int, ...] = (seq.MASK - 100, 7, seq.HALF - 20)
+    server_ts_bases: tuple[int | None, ...] = (seq.MASK - 500, 1000, 5)
+    client_ts_base: int | None = seq.MASK - 3000
+    mss: int = 40
+    rcvbuf: int = 160
+    rto: float = 0.06
+    restart_delay: float = 0.02
+    crash_at: tuple[int, ...] = ()  # steps at which the server crashes
+    crash_kind: Callable[[random.Random], str] | None = None
+    max_steps: int = 20000
+    mutations: frozenset[str] = frozenset()  # break the SSW glue on purpose (monitor tests)
+    requests: tuple[bytes, ...] = REQUESTS
+
+
+@dataclass
+class Result:
+    steps: int
+    violations: list[str]
+    client_received: bytes
+    expected: bytes
+    crashes: int
+    recoveries: int
+    to_client: int
+    fabricated: dict[str, int]
+    trace: list[str] = field(default_factory=list)
+
+
+class World:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.rng = random.Random(cfg.seed)
+        self.now = 0.0
+        self.dt = 0.001
+        self.idents = itertools.count(1)
+        self.violations: list[str] = []
+        self.c2s = Link(self.rng, cfg.link_delay, cfg.loss, cfg.dup, cfg.reorder)
+        self.s2c = Link(self.rng, cfg.link_delay, cfg.loss, cfg.dup, cfg.reorder)
+        self.logger = Logger(self.rng, cfg.logger_delay)
+        self.ssw = SSWGlue(self, cfg.policy)
+        self.client = ToyTCP(
+            "client",
+            iss=cfg.client_iss,
+            mss=cfg.mss,
+            wscale=cfg.client_ws,
+            rcvbuf=4096,
+            ts_base=cfg.client_ts_base,
+            rto=cfg.rto,
+            sack_ok=True,
+        )
+        self.incarnation = 0
+        self.kernel: ToyTCP | None = None
+        self.app: App | None = None
+        self.down = False
+        self.down_until = 0.0
+        self.kernel_out: list[Seg] = []
+        self.ops: dict[int, App] = {}
+        self.next_order = 0
+        self.close_seen = False
+        self.blocked_writes = 0
+        self.crashes = 0
+        self.recoveries = 0
+        self.sent_to_client = 0
+        self.fabricated: dict[str, int] = {}
+        self.fabricated = _Counter()
+        self.last_ts_to_client: int | None = None
+        self.req_i = 0
+        self.client_closed = False
+        self.traces: list[str] = []
+        self._start_server()
+
+    # -- server incarnations
+    def _start_server(self, plan: RecoveryPlan | None = None) -> None:
+        cfg, i = self.cfg, self.incarnation
+        self.kernel = ToyTCP(
+            f"kernel{i}",
+            iss=cfg.server_isns[i % len(cfg.server_isns)],
+            mss=cfg.mss,
+            wscale=cfg.server_ws[i % len(cfg.server_ws)],
+            rcvbuf=cfg.rcvbuf,
+            ts_base=cfg.server_ts_bases[i % len(cfg.server_ts_bases)],
+            rto=cfg.rto,
+            sack_ok=True,
+        )
+        self.kernel.listen()
+        self.app = App(self, plan)
+        self.last_app = self.app
+        self.close_seen = False
+        self.incarnation += 1
+
+    def crash(self, kind: str) -> None:
+        """Kill the application: its kernel connection and state vanish."""
+        self.crashes += 1
+        if self.close_seen:  # the socket is closed: the orphan lives on in the kernel
+            self.app = None
+            if self.ssw.conn is not None:
+                self.ssw.feed(ProcessDied(self.now))
+            return
+        k = self.kernel
+        if k is not None and k.state == "ESTABLISHED" and kind in ("fin", "rst"):
+            flags = FIN if kind == "fin" else RST
+            off = max(k.nxt, 0)
+            self.kernel_out.append(k._seg(self.now, off, flags))
+            self._drain()
+        self.kernel = None
+        self.app = None
+        self.kernel_out.clear()
+        self.close_seen = False
+        conn = self.ssw.conn
+        if conn is not None:
+            self.ssw.feed(ProcessDied(self.now))
+            self.traces += conn.trace
+        self.down = True
+        self.down_until = self.now + self.cfg.restart_delay
+
+    def _maybe_restart(self) -> None:
+        if not self.down or self.now < self.down_until or not self.logger.idle:
+            return  # the supervisor syncs with the logger before planning
+        self.down = False
+        conn = self.ssw.conn
+        plan = None
+        if conn is not None and conn.state is State.CRASHED:
+            plan = plan_recovery(self.logger.to_log(conn.conn_id), **conn.recovery_hints(self.now))  # type: ignore[arg-type]
+            self.recoveries += 1
+        self.next_order = self.logger.read_upto + 1
+        self._start_server(plan)
+
+    # -- plumbing
+    def to_kernel(self, s: Seg) -> None:
+        if self.kernel is None:
+            return
+        self.kernel_out += self.kernel.receive(self.now, s)
+
+    def to_client(self, new: Seg, orig: Seg | None) -> None:
+        self._monitor_out(new, orig)
+        self.sent_to_client += 1
+        self.s2c.send(self.now, new)
+
+    def _drain(self) -> None:
+        rounds = 0
+        while self.kernel_out:
+            rounds += 1
+            assert rounds < 10000
+            s = self.kernel_out.pop(0)
+            self.ssw.from_kernel(self.now, s)
+
+    # -- invariants
+    def _monitor_out(self, s: Seg, orig: Seg | None) -> None:
+        v = self.violations
+        conn = self.ssw.conn
+        assert conn is not None
+        lim = self.logger.ack_limit(conn.conn_id)
+        if s.flags & SYN:
+            if conn.conn_id not in self.logger.hs:
+                v.append("inv2: SYN-ACK reached the client before the handshake was logged")
+        elif s.flags & ACK and (lim is None or seq.gt(s.ack, lim)):
+            v.append(f"inv1: ack {s.ack} beyond the logged instream {lim}")
+        if s.flags & (FIN | RST) and not self.close_seen:
+            v.append(f"inv4: {'FIN' if s.flags & FIN else 'RST'} without an application close")
+        if s.ts_val is not None:
+            if self.last_ts_to_client is not None and seq.lt(s.ts_val, self.last_ts_to_client):
+                v.append(f"TSval ran backwards: {s.ts_val} < {self.last_ts_to_client}")
+            self.last_ts_to_client = s.ts_val
+        if orig is not None and orig.flags & ACK and not s.flags & SYN:
+            kedge = seq.add(orig.ack, orig.window << conn.k_wscale)
+            edge = seq.add(s.ack, s.window << conn.s_wscale)
+            if seq.gt(edge, kedge):
+                v.append(f"inv1: right edge {edge} beyond the kernel's {kedge}")
+
+    def _monitor_step(self) -> None:
+        c = self.client
+        conn = self.ssw.conn
+        if c.una > 0 and conn is not None:
+            lim = self.logger.ack_limit(conn.conn_id)
+            logged = -1 if lim is None else seq.sub(lim, seq.add(c.iss, 1))
+            if c.una > logged:
+                self.violations.append(
+                    f"inv6: client discarded {c.una} instream bytes, logger holds {logged}"
+                )
+        self.violations += c.errors
+        c.errors.clear()
+        if self.kernel is not None:
+            self.violations += [e for e in self.kernel.errors if "reset" not in e]
+            self.kernel.errors.clear()
+
+    # -- the client application: request, wait for the answer, ..., close
+    def _client_app(self) -> None:
+        c = self.client
+        if c.state != "ESTABLISHED":
+            return
+        c.read(len(c.inbuf))
+        answered = bytes(c.history).count(b"\n")
+        reqs = self.cfg.requests
+        while self.req_i < len(reqs) and answered >= self.req_i:
+            c.write(reqs[self.req_i])
+            self.req_i += 1
+        if self.req_i == len(reqs) and answered >= len(reqs) and not self.client_closed:
+            self.client_closed = True
+            c.close()
+
+    @property
+    def finished(self) -> bool:
+        c = self.client
+        return c.fin_rcvd and self.client_closed and c.all_acked
+
+    def step(self, n: int) -> None:
+        now = self.now
+        cfg = self.cfg
+        if n in cfg.crash_at and not self.down:
+            kind = cfg.crash_kind(self.rng) if cfg.crash_kind else "silent"
+            self.crash(kind)
+        for s in self.c2s.due(now):
+            self.ssw.from_client(now, s)
+            self._drain()
+        for s in self.s2c.due(now):
+            for o in self.client.receive(now, s):
+                self.c2s.send(now, o)
+        for cid, a in self.logger.step(now):
+            conn = self.ssw.conn
+            if conn is not None and cid in (None, conn.conn_id):
+                self.ssw.feed(a)
+                self._drain()
+        self._maybe_restart()
+        if self.app is not None:
+            self.app.step(now)
+            self._drain()
+        self._client_app()
+        for o in self.client.output(now) + self.client.tick(now):
+            self.c2s.send(now, o)
+        if self.kernel is not None:
+            self.kernel_out += self.kernel.output(now) + self.kernel.tick(now)
+            self._drain()
+        conn = self.ssw.conn
+        if conn is not None:
+            t = conn.get_timer()
+            if t is not None and t <= now:
+                self.ssw.feed(Timer(now))
+                self._drain()
+        self._monitor_step()
+        self.now = round(now + self.dt, 6)
+
+    def run(self) -> Result:
+        self.client_out = self.client.connect(self.now)
+        for s in self.client_out:
+            self.c2s.send(self.now, s)
+        n = 0
+        while not self.finished:
+            assert n < self.cfg.max_steps, f"no progress after {n} steps: {self.summary()}"
+            self.step(n)
+            n += 1
+        app = self.last_app
+        expected = bytes(app.logic.output) if app is not None else b""
+        instream = b"".join(d for k, d in app.logic.reads if k == ReadKind.DATA) if app else b""
+        if instream != bytes(self.client.out):
+            self.violations.append("the application did not read exactly the client's bytes")
+        if self.ssw.conn is not None:
+            self.traces += self.ssw.conn.trace
+        return Result(
+            steps=n,
+            violations=self.violations,
+            client_received=bytes(self.client.history),
+            expected=expected,
+            crashes=self.crashes,
+            recoveries=self.recoveries,
+            to_client=self.sent_to_client,
+            fabricated=dict(self.fabricated),
+            trace=self.traces,
+        )
+
+    def summary(self) -> str:
+        c, conn = self.client, self.ssw.conn
+        return (
+            f"client={c.state} una={c.una}/{len(c.out)} rcv={c.rcv_nxt} fin={c.fin_rcvd} "
+            f"conn={conn.state.name if conn else None} kernel="
+            f"{self.kernel.state if self.kernel else None} app={self.app is not None} "
+            f"down={self.down} violations={self.violations[:3]}"
+        )
+
+
+class _Counter(dict):
+    def __missing__(self, key: str) -> int:
+        return 0
+
+
+def run(cfg: Config) -> Result:
+    return World(cfg).run()

@@ -1,0 +1,161 @@
+"""Sans-IO simulation: client TCP ⇄ faulty link ⇄ SSW core ⇄ toy kernel ⇄ NSW ⇄ app, with an
+in-memory logger; the server crashes at every step and recovers through replay.py.
+
+`simnet` checks invariants 1-6 as the run goes (see its module docstring); here we
+assert that no violation was recorded and the client's stream is exactly the one
+the final incarnation of the application produced — and, with the glue or the
+core broken on purpose, that the monitors do notice.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import simnet
+from simnet import Config, Result, run
+
+from ftcp.core import conn as conn_mod
+from ftcp.core.conn import Connection
+from ftcp.core.replay import RecoveryPlan
+
+POLICIES = ("conditional", "lazy", "eager", "basic")
+
+
+def crash_kind(rng: random.Random) -> str:
+    """How the process dies: silently (supervisor notices), or its TCP emits a FIN/RST."""
+    return rng.choice(("silent", "fin", "rst"))
+
+
+def ok(r: Result) -> bool:
+    return not r.violations and r.client_received == r.expected
+
+
+def explain(r: Result) -> str:
+    return (
+        f"violations={r.violations[:5]} stream_ok={r.client_received == r.expected} "
+        f"crashes={r.crashes} recoveries={r.recoveries} trace={r.trace[-6:]}"
+    )
+
+
+_baseline: dict[tuple[str, int], int] = {}
+
+
+def baseline_steps(policy: str, seed: int) -> int:
+    key = (policy, seed)
+    if key not in _baseline:
+        r = run(Config(seed=seed, policy=policy))
+        assert ok(r), explain(r)
+        _baseline[key] = r.steps
+    return _baseline[key]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("faults", [False, True])
+def test_exchange_without_crash(policy: str, faults: bool) -> None:
+    cfg = Config(seed=3, policy=policy)
+    if not faults:
+        cfg.loss = cfg.dup = cfg.reorder = 0.0
+    r = run(cfg)
+    assert ok(r), explain(r)
+    assert r.client_received.endswith(b"BYE\n") and r.client_received.count(b"\n") == 5
+    assert r.crashes == 0
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_crash_at_every_step(policy: str) -> None:
+    """One crash, at each step of the exchange in turn (handshake, data, close...)."""
+    seed = 1
+    n = baseline_steps(policy, seed)
+    recovered = 0
+    for k in range(n):
+        r = run(Config(seed=seed, policy=policy, crash_at=(k,), crash_kind=crash_kind))
+        assert ok(r), f"crash at step {k}: {explain(r)}"
+        recovered += r.recoveries
+    assert recovered > n // 2  # most crash points needed a real recovery
+
+
+@pytest.mark.parametrize("seed", [5, 8])
+def test_crash_during_recovery(seed: int) -> None:
+    """A second crash while the first recovery is under way: recovery starts again."""
+    policy = POLICIES[seed % len(POLICIES)]
+    n = baseline_steps(policy, seed)
+    for k in range(0, n, 3):
+        for gap in (5, 23, 41):
+            cfg = Config(seed=seed, policy=policy, crash_at=(k, k + gap), crash_kind=crash_kind)
+            r = run(cfg)
+            assert ok(r), f"crashes at {k}, {k + gap}: {explain(r)}"
+
+
+def test_scales_and_timestamps_change_across_incarnations() -> None:
+    """The sim really exercises translation: the rebuilt kernel has another ISN, window
+    scale and timestamp clock than the original one."""
+    cfg = Config(seed=1, crash_at=(120,))
+    assert len(set(cfg.server_ws[:2])) == 2 and len(set(cfg.server_isns[:2])) == 2
+    r = run(cfg)
+    assert ok(r), explain(r)
+    assert r.recoveries == 1 and "REPLAY_SYN_SENT => REPLAYING" in r.trace
+
+
+# ----------------------------------------------------------- the monitors have teeth
+
+
+def sweep(cfg_kw: dict, steps=range(40, 400, 9)) -> list[Result]:
+    out = []
+    for k in steps:
+        try:
+            out.append(run(Config(crash_at=(k,), crash_kind=crash_kind, max_steps=4000, **cfg_kw)))
+        except (AssertionError, Exception) as e:  # a broken core may also wedge the run
+            out.append(Result(0, [f"run failed: {e}"], b"", b"?", 1, 0, 0, {}))
+    return out
+
+
+def test_monitor_catches_unclamped_acks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(conn_mod, "clamp_ack_window", lambda k, w, ks, lim, cs: (k, w))
+    r = run(Config(seed=1))
+    assert any(v.startswith("inv1: ack") for v in r.violations)
+    assert any(v.startswith("inv6") for v in r.violations)
+
+
+def test_monitor_catches_early_synack() -> None:
+    r = run(Config(seed=1, mutations=frozenset({"no_handshake_hold"})))
+    assert any(v.startswith("inv2") for v in r.violations)
+
+
+def test_monitor_catches_output_before_reads_logged(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Connection, "_output_allowed", lambda self, after: True)
+    r = run(Config(seed=1, logger_delay=(0.005, 0.02)))
+    assert any(v.startswith("output commit") for v in r.violations)
+
+
+def test_monitor_catches_unexplained_close() -> None:
+    results = sweep({"seed": 1, "mutations": frozenset({"deliver_dropped_close"})})
+    assert any(any(v.startswith("inv4") for v in r.violations) for r in results)
+
+
+def test_monitor_catches_replay_without_logged_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = simnet.plan_recovery
+
+    def forgetful(log, **kw) -> RecoveryPlan:
+        log.reads = []
+        return real(log, **kw)
+
+    monkeypatch.setattr(simnet, "plan_recovery", forgetful)
+    results = sweep({"seed": 1})
+    assert not all(ok(r) for r in results)
+
+
+def test_monitor_catches_wrong_delta_seq(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        RecoveryPlan, "delta_seq", lambda self, n: (self.s_isn + self.discard - n + 1) & 0xFFFFFFFF
+    )
+    results = sweep({"seed": 1})
+    assert not all(ok(r) for r in results)
+
+
+def test_monitor_catches_tsval_running_backwards(monkeypatch: pytest.MonkeyPatch) -> None:
+    # no timestamp translation at all (the core also pins TSval to the last one sent, so
+    # breaking only the offset would not make it run backwards)
+    monkeypatch.setattr(Connection, "_ts_out", lambda self, ts_val, now: None)
+    results = sweep({"seed": 1, "server_ts_bases": (10**6, 5)})
+    assert any(any(v.startswith("TSval ran backwards") for v in r.violations) for r in results)
