@@ -1,0 +1,22 @@
+"""`ftcp demo` runs end to end, verifies both directions and leaves nothing behind."""
+
+import subprocess
+import sys
+
+import pytest
+
+from ftcp.lab.pytest_fixtures import unique_lab_name
+
+
+@pytest.mark.root
+def test_demo_verifies_both_directions_and_cleans_up() -> None:
+    name = unique_lab_name()
+    r = subprocess.run(
+        [sys.executable, "-m", "ftcp.cli", "demo", "--name", name],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("matches") == 2
+    assert "Not protected yet" in r.stdout
+    after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"ftcp-{name}-" not in after  # every namespace of the demo's lab is gone
