@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,7 @@ from ftcp.lab.pytest_fixtures import unique_lab_name
 def test_demo_verifies_both_directions_and_cleans_up() -> None:
     name = unique_lab_name()
     r = subprocess.run(
-        [sys.executable, "-m", "ftcp.cli", "demo", "--name", name],
+        [str(Path(sys.executable).parent / "ftcp"), "demo", "--name", name],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
