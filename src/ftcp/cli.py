@@ -44,6 +44,7 @@ def main() -> None:
 @click.option("--logger", "logger_addr", metavar="HOST:PORT", help="Logger to log to.")
 @click.option("--port", type=int, help="TCP port of the server to protect.")
 @click.option("--secret-file", type=click.Path(dir_okay=False), help="Shared logger secret.")
+@click.option("--insecure", is_flag=True, help="Talk to a logger that runs without a secret.")
 @click.option(
     "--ack-strategy",
     type=click.Choice(["basic", "lazy", "eager", "conditional"]),
@@ -51,16 +52,112 @@ def main() -> None:
     show_default=True,
 )
 @click.option("--restore", type=click.Choice(["handshake", "repair"]), default="handshake")
+@click.option("--iface", help="Client-facing interface (default: from the routing table).")
+@click.option("--queue-num", type=int, help="NFQUEUE number (default: the port).")
+@click.option(
+    "--state-dir",
+    default="/run/ftcp",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where rules state, the agent socket and the status file live.",
+)
+@click.option("--app-id", help="Application id at the logger (default: port-PORT).")
+@click.option("--ack-trace", type=click.Path(dir_okay=False), hidden=True)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def run(**_: object) -> None:
+def run(
+    logger_addr: str | None,
+    port: int | None,
+    secret_file: str | None,
+    insecure: bool,
+    ack_strategy: str,
+    restore: str,
+    iface: str | None,
+    queue_num: int | None,
+    state_dir: str,
+    app_id: str | None,
+    ack_trace: str | None,
+    verbose: bool,
+    command: tuple[str, ...],
+) -> None:
     """Run COMMAND as a protected server (supervisor: SSW, NSW, recovery)."""
-    not_yet("run", "failure-free operation and recovery issues")
+    import logging
+
+    from ftcp.logger.cli import parse_hostport, read_secret
+    from ftcp.supervisor import RunConfig
+    from ftcp.supervisor import run as run_supervisor
+
+    if not logger_addr:
+        raise UserError("--logger HOST:PORT is required")
+    if port is None:
+        raise UserError("--port is required")
+    host, lport = parse_hostport(logger_addr)
+    if secret_file:
+        secret: bytes | None = read_secret(secret_file)
+    elif insecure:
+        secret = None
+    else:
+        raise UserError("give --secret-file (or --insecure for a logger without a secret)")
+    cmd = list(command)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s ftcp-run %(levelname)s: %(message)s",
+    )
+    cfg = RunConfig(
+        logger_host=host,
+        logger_port=lport,
+        port=port,
+        command=cmd,
+        secret=secret,
+        ack_strategy=ack_strategy,
+        restore=restore,
+        iface=iface,
+        queue_num=queue_num,
+        state_dir=state_dir,
+        app_id=app_id,
+        ack_trace=ack_trace,
+    )
+    sys.exit(run_supervisor(cfg))
 
 
 @main.command()
-def status() -> None:
+@click.option(
+    "--state-dir",
+    default="/run/ftcp",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="State directory of the supervisors to show.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(state_dir: str, as_json: bool) -> None:
     """Show protected connections and the logger link."""
-    not_yet("status", "failure-free operation issue")
+    import json
+
+    from ftcp.supervisor import read_status
+
+    docs = read_status(state_dir)
+    if as_json:
+        click.echo(json.dumps(docs, indent=1))
+        return
+    if not docs:
+        click.echo("no ftcp supervisor running")
+        return
+    for d in docs:
+        ok = "up" if d.get("logger_ok") else "DOWN"
+        click.echo(
+            f"port {d['port']} on {d['iface']}: supervisor pid {d['pid']}, app pid "
+            f"{d.get('app_pid')}, ack strategy {d['ack_strategy']}, logger {d['logger']} ({ok})"
+        )
+        conns = d.get("connections", [])
+        click.echo(f"  {len(conns)} connection(s)")
+        for c in conns:
+            click.echo(
+                f"  #{c['conn_id']} {c['client']} {c['state']} stable_seq={c['stable_seq']} "
+                f"server_seq={c['server_seq']} unstable_reads={c['unstable_reads']}"
+            )
 
 
 @main.command()
@@ -75,3 +172,7 @@ def demo(name: str) -> None:
 main.add_command(logger)
 main.add_command(lab)
 main.add_command(bench)
+
+
+if __name__ == "__main__":
+    main()

@@ -44,13 +44,29 @@ def bench_lab(out_dir: str, seconds: float, topologies: tuple[str, ...], tool: s
 
 
 @bench.command("logger")
-@click.option("--out", "out_dir", default="bench-out", show_default=True,
-              type=click.Path(file_okay=False), help="Directory for logger.json.")
+@click.option(
+    "--out",
+    "out_dir",
+    default="bench-out",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Directory for logger.json.",
+)
 @click.option("--seconds", default=3.0, show_default=True, help="Duration of each run.")
-@click.option("--sync", "policies", multiple=True, type=click.Choice(["always", "batch", "none"]),
-              help="Sync policies to run (default: all three).")
-@click.option("--profile", "profile_dir", type=click.Path(file_okay=False), default=None,
-              help="Write a cProfile of each logger process into this directory.")
+@click.option(
+    "--sync",
+    "policies",
+    multiple=True,
+    type=click.Choice(["always", "batch", "none"]),
+    help="Sync policies to run (default: all three).",
+)
+@click.option(
+    "--profile",
+    "profile_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write a cProfile of each logger process into this directory.",
+)
 def bench_logger(
     out_dir: str, seconds: float, policies: tuple[str, ...], profile_dir: str | None
 ) -> None:
@@ -73,9 +89,38 @@ def bench_logger(
 
 
 @bench.command("normal")
-def bench_normal() -> None:
-    """Clean vs protected throughput and latency, each ack strategy, each topology."""
-    _not_yet("normal")
+@click.option(
+    "--out",
+    "out_dir",
+    default="bench-out",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Directory for normal.json.",
+)
+@click.option(
+    "--topology",
+    "topologies",
+    multiple=True,
+    metavar="T",
+    help="Topology (repeatable; default: unshaped and 10-100).",
+)
+@click.option("--mb", default=100, show_default=True, help="Megabytes per transfer.")
+@click.option(
+    "--ack-strategy",
+    "strategy",
+    default="lazy",
+    show_default=True,
+    type=click.Choice(["basic", "lazy", "eager", "conditional"]),
+)
+def bench_normal(out_dir: str, topologies: tuple[str, ...], mb: int, strategy: str) -> None:
+    """Clean vs protected throughput, each direction, on lab topologies."""
+    from pathlib import Path
+
+    from ftcp.bench.normal import render, run
+
+    doc = run(list(topologies) or ["unshaped", "10-100"], mb << 20, Path(out_dir), strategy)
+    click.echo(render(doc))
+    click.echo(f"wrote {Path(out_dir) / 'normal.json'}")
 
 
 @bench.command("recovery")
@@ -85,6 +130,27 @@ def bench_recovery() -> None:
 
 
 @bench.command("paper")
-def bench_paper() -> None:
+@click.option("--runs", type=int, default=None,
+              help="Runs per configuration (default: 12, the paper's; 3 with --quick).")
+@click.option("--quick", is_flag=True, help="Fewer runs (3); the report says it was quick.")
+@click.option("--out", "out_dir", default="bench-out/paper", show_default=True,
+              type=click.Path(file_okay=False),
+              help="Directory for report.md, results.json, the figures and the captures.")
+@click.option("--topology", "topologies", multiple=True, metavar="T",
+              type=click.Choice(["10-10", "10-shared", "10-100"]),
+              help="Topology to measure (repeatable; default: all three of the paper).")
+def bench_paper(
+    runs: int | None, quick: bool, out_dir: str, topologies: tuple[str, ...]
+) -> None:
     """The paper's section V, side by side with the published numbers."""
-    _not_yet("paper")
+    import shlex
+    from pathlib import Path
+
+    from ftcp.bench import paper
+
+    command = shlex.join(["ftcp", "bench", "paper", *sys.argv[3:]]) if len(sys.argv) > 3 else (
+        "ftcp bench paper"
+    )
+    paper.run(
+        list(topologies) or None, runs=runs, quick=quick, out=Path(out_dir), command=command
+    )

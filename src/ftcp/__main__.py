@@ -1,0 +1,5 @@
+"""`python -m ftcp` is the `ftcp` command."""
+
+from ftcp.cli import main
+
+main()

@@ -1,0 +1,691 @@
+"""The SSW packet loop: NFQUEUE in, `ftcp.core.conn.Connection` decides, verdicts out.
+
+One asyncio loop runs everything: the queue socket is registered with
+`loop.add_reader`; each readable event drains one `Queue.receive()` batch,
+feeds every packet to its connection and carries out the actions:
+
+* `Deliver` without a rewrite: `accept(id)` with no payload (the kernel
+  finishes a partial checksum itself);
+* `Deliver` with a rewrite: the fields are changed on the `TcpPacket` and the
+  packet leaves as `accept(id, payload=pkt.finalize())` (complete checksum);
+* `Drop`: `drop(id)`; `Hold`: the packet id stays pending until a later
+  `Deliver`/`Drop` names it (a logger ack usually);
+* `Log`: the record joins the batch sent to the logger once per loop pass;
+* `Fabricate`: `build_tcp` + `Injector.send` (the mark makes it bypass the queue).
+
+Fail-closed: a packet that does not parse, belongs to no protected
+connection, or whose connection raised is dropped, never passed unmodified.
+Verdicts are flushed once per receive batch (and after every logger ack or
+agent event that released held packets).
+
+Other inputs reach the connections through `on_logger_acks` (the
+`LoggerClient` callback) and `AgentBridge` (the NSW agent's handler): read
+reports are numbered in the logger's read order (from 0, contiguous over
+*protected* reads), logged, and published to the shim (`Agent.mark_logged`)
+once the logger's `ReadsAck` covers them; closes become `CloseRequest`s
+answered before the agent acks the shim.
+
+`ack_trace` (a text file, optional) receives one line
+``<wall time> <conn_id> <client ip> <client port> <ack_limit>`` whenever a
+connection's ack limit is set or advances, written before any segment
+carrying that ack can be released: a client-side capture can be checked
+against it (invariant 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import IO, Any
+
+from ftcp.core import seq, wire
+from ftcp.core.ackpolicy import make_policy
+from ftcp.core.conn import Connection, State
+from ftcp.core.events import (
+    Action,
+    AllowWrite,
+    BlockWrite,
+    ClientSegment,
+    CloseRequest,
+    Deliver,
+    Direction,
+    Drop,
+    Fabricate,
+    Finish,
+    Hold,
+    Input,
+    Log,
+    LoggerAck,
+    ReadLogged,
+    ReadReported,
+    Rewrite,
+    ServerSegment,
+    StartRecovery,
+    Timer,
+)
+from ftcp.core.packet import ACK, FIN, RST, SYN, PacketError, TcpPacket, build_tcp, encode_options
+from ftcp.core.records import CloseHow, ReadKind, ReadResult, Record, SynOptions
+from ftcp.errors import FtcpError
+from ftcp.nsw.agent import AcceptInfo, AgentHandler, Decision, Normal, SessionInfo
+from ftcp.nsw.proto import How, Kind
+from ftcp.ssw.nfqueue import Queue, QueuedPacket
+
+log = logging.getLogger("ftcp.ssw")
+
+NF_INET_LOCAL_IN = 1
+NF_INET_LOCAL_OUT = 3
+
+# (client ip, client port, server ip, server port), addresses as 4 raw bytes
+Key = tuple[bytes, int, bytes, int]
+
+
+@dataclass(slots=True)
+class EngineStats:
+    packets: int = 0
+    client_segments: int = 0
+    server_segments: int = 0
+    parse_errors: int = 0
+    unknown: int = 0  # no protected connection: dropped
+    errors: int = 0  # the core raised: dropped
+    rewritten: int = 0
+    held: int = 0
+    dropped: int = 0
+    fabricated: int = 0
+    records: int = 0
+    log_sends: int = 0
+    conns: int = 0
+
+
+@dataclass(slots=True)
+class Conn:
+    """One protected connection: the core object plus what the I/O layer needs."""
+
+    key: Key
+    core: Connection
+    created: float
+    finished_at: float | None = None
+    app_closed: bool = False
+    client_fin: bool = False
+    server_fin: bool = False
+    accepted: bool = False  # the application accept()ed it (NSW said so)
+    last_limit: int | None = None
+
+
+class Engine:
+    """The SSW datapath of one protected port (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        port: int,
+        queue: Queue,
+        injector: Any,
+        ack_strategy: str = "lazy",
+        send_records: Callable[[list[Record]], object] | None = None,
+        mark_logged: Callable[[int], None] | None = None,
+        ack_trace: IO[str] | None = None,
+        linger: float = 30.0,
+        conn_id_base: int | None = None,
+    ) -> None:
+        make_policy(ack_strategy)  # validate early
+        self.port = port
+        self.queue = queue
+        self.injector = injector
+        self.ack_strategy = ack_strategy
+        self.send_records = send_records
+        self.mark_logged = mark_logged
+        self.ack_trace = ack_trace
+        self.linger = linger
+        self.stats = EngineStats()
+        self.conns: dict[Key, Conn] = {}
+        self.by_id: dict[int, Conn] = {}
+        # conn ids unique across runs sharing one logger app id: seconds since the epoch
+        # in the high bits, a counter below
+        base = conn_id_base if conn_id_base is not None else (int(time.time()) & 0xFFFFFFFF) << 24
+        self._ids = itertools.count(base + 1)
+        self._accept_order = itertools.count(0)
+        self._pkts: dict[int, tuple[QueuedPacket, TcpPacket]] = {}
+        self._held: set[int] = set()
+        self._records: list[Record] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        # read order: (agent order, logger order or None for an unprotected read)
+        self._reads: collections.deque[tuple[int, int | None]] = collections.deque()
+        self._next_log_order = 0
+        self._logged_next = 0  # logger: every read order < this is durable
+        self._waiting: dict[int, asyncio.Future[None]] = {}  # close idents blocked
+        self._close_ids = itertools.count(1)
+        self.on_recovery_needed: Callable[[int, str], None] | None = None
+        self.fatal: BaseException | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_running_loop()
+        self._loop.add_reader(self.queue.fileno(), self._on_queue)
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self.queue.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.cancel()
+        self._send_logs()
+        if self.ack_trace is not None:
+            with contextlib.suppress(Exception):
+                self.ack_trace.flush()
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    # ------------------------------------------------------------------ packets
+
+    def _on_queue(self) -> None:
+        try:
+            batch = self.queue.receive()
+        except OSError as e:
+            log.error("ssw: NFQUEUE receive failed: %s", e)
+            return
+        now = self._now()
+        for p in batch:
+            self._packet(p, now)
+        self._after_batch()
+
+    def _after_batch(self) -> None:
+        self._send_logs()
+        try:
+            self.queue.flush()
+        except OSError as e:
+            log.error("ssw: NFQUEUE verdicts failed: %s", e)
+        self._rearm_timer()
+
+    def _packet(self, p: QueuedPacket, now: float) -> None:
+        st = self.stats
+        st.packets += 1
+        if p.truncated:
+            st.parse_errors += 1
+            self._drop_raw(p.id)
+            return
+        try:
+            pkt = TcpPacket.parse(p.payload, csum_partial=p.csum_partial)
+        except PacketError as e:
+            st.parse_errors += 1
+            log.debug("ssw: unparsable packet %d dropped: %s", p.id, e)
+            self._drop_raw(p.id)
+            return
+        inbound = p.hook == NF_INET_LOCAL_IN
+        flags = pkt.flags
+        if inbound:
+            key: Key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        else:
+            key = (pkt.dst, pkt.dport, pkt.src, pkt.sport)
+        c = self.conns.get(key)
+        if (
+            inbound
+            and flags & SYN
+            and not flags & (ACK | RST)
+            and pkt.dport == self.port
+            and (c is None or c.core.state is State.CLOSED)
+        ):
+            c = self._new_conn(key, pkt, now)
+        if c is None:
+            st.unknown += 1
+            self._drop_raw(p.id)
+            return
+        ev: Input
+        opts = None
+        if flags & SYN:
+            o = pkt.options()
+            opts = SynOptions(
+                mss=o.mss, wscale=o.wscale, sack_ok=o.sack_ok, ts_val=o.ts_val, ts_ecr=o.ts_ecr
+            )
+        ts = pkt.ts()
+        ts_val, ts_ecr = ts if ts is not None else (None, None)
+        if inbound:
+            st.client_segments += 1
+            sack: tuple[tuple[int, int], ...] = ()
+            if pkt.has_sack:
+                sack = tuple(pkt.options().sack_blocks)
+            plen = pkt.payload_len
+            ev = ClientSegment(
+                p.id, now, pkt.seq, pkt.ack, flags, pkt.window, plen,
+                bytes(pkt.payload) if plen else b"", opts, ts_val, ts_ecr, sack,
+            )  # fmt: skip
+            if flags & FIN:
+                c.client_fin = True
+        else:
+            st.server_segments += 1
+            if flags & RST and not c.accepted and c.core.state is State.ESTABLISHED:
+                self._reset_unaccepted(c, p, pkt, now)
+                return
+            ev = ServerSegment(
+                p.id, now, pkt.seq, pkt.ack, flags, pkt.window, pkt.payload_len,
+                b"", opts, ts_val, ts_ecr,
+            )  # fmt: skip
+            if flags & FIN:
+                c.server_fin = True
+        self._pkts[p.id] = (p, pkt)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("ssw: conn %d %s: %r", c.core.conn_id, c.core.state.name, pkt)
+        self._feed(c, ev)
+        if p.id in self._pkts and p.id not in self._held:
+            # the core neither delivered, dropped nor held it (it raised): fail closed
+            self._verdict_drop(p.id)
+        if c.core.state is State.CLOSED or (
+            c.app_closed and c.client_fin and c.server_fin and c.finished_at is None
+        ):
+            self._finish(c, now)
+
+    def _reset_unaccepted(self, c: Conn, p: QueuedPacket, pkt: TcpPacket, now: float) -> None:
+        """The server's TCP resets a connection the application never accepted.
+
+        That is the kernel refusing it (accept queue overflow, say), not a crash:
+        the client would see the same reset without ftcp. The RST goes out (its ack,
+        if any, clamped) and the connection is over. (The core cannot tell this case
+        from a dying process, as it is not told about accepts.)"""
+        core = c.core
+        log.info("ssw: conn %d: reset by the server TCP before accept", core.conn_id)
+        if pkt.flags & ACK:
+            lim = core.ack_limit
+            if seq.gt(pkt.ack, lim):
+                pkt.set_ack(lim)
+        if pkt.changed:
+            self.stats.rewritten += 1
+            self.queue.accept(p.id, payload=pkt.finalize())
+        else:
+            self.queue.accept(p.id)
+        self._finish(c, now)
+
+    def _new_conn(self, key: Key, pkt: TcpPacket, now: float) -> Conn:
+        old = self.conns.pop(key, None)
+        if old is not None:
+            self.by_id.pop(old.core.conn_id, None)
+        cid = next(self._ids)
+        core = Connection(
+            cid,
+            client=(pkt.src_ip, pkt.sport),
+            server=(pkt.dst_ip, pkt.dport),
+            accept_order=next(self._accept_order),
+            policy=make_policy(self.ack_strategy),
+        )
+        c = Conn(key, core, now)
+        self.conns[key] = c
+        self.by_id[cid] = c
+        self.stats.conns += 1
+        return c
+
+    def _drop_raw(self, ident: int) -> None:
+        self.stats.dropped += 1
+        self.queue.drop(ident)
+
+    # ------------------------------------------------------------------ actions
+
+    def _feed(self, c: Conn, ev: Input) -> list[Action] | None:
+        """Feed one input and carry out its actions; None if the core refused it."""
+        try:
+            actions = c.core.handle(ev)
+        except FtcpError as e:
+            self.stats.errors += 1
+            log.error("ssw: conn %d: %s (%s)", c.core.conn_id, e, type(ev).__name__)
+            return None
+        self._carry_out(c, actions)
+        self._trace_limit(c)
+        return actions
+
+    def _carry_out(self, c: Conn, actions: list[Action]) -> None:
+        for a in actions:
+            t = type(a)
+            if t is Deliver:
+                self._deliver(a.ident, a.rewrite)  # type: ignore[union-attr]
+            elif t is Log:
+                self._log(a.record)  # type: ignore[union-attr]
+            elif t is Hold:
+                self._held.add(a.ident)  # type: ignore[union-attr]
+                self.stats.held += 1
+            elif t is Drop:
+                log.debug("ssw: conn %d: drop %d: %s", c.core.conn_id, a.ident, a.reason)  # type: ignore[union-attr]
+                self._verdict_drop(a.ident)  # type: ignore[union-attr]
+            elif t is Fabricate:
+                self._fabricate(c, a)  # type: ignore[arg-type]
+            elif t is AllowWrite:
+                fut = self._waiting.pop(a.ident, None)  # type: ignore[union-attr]
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+            elif t is BlockWrite:
+                pass  # the waiter stays until AllowWrite
+            elif t is StartRecovery:
+                log.error(
+                    "ssw: conn %d (client %s:%d): %s",
+                    c.core.conn_id,
+                    *c.core.client,
+                    a.reason,  # type: ignore[union-attr]
+                )
+                if self.on_recovery_needed is not None:
+                    self.on_recovery_needed(c.core.conn_id, a.reason)  # type: ignore[union-attr]
+
+    def _deliver(self, ident: int, rw: Rewrite | None) -> None:
+        entry = self._pkts.pop(ident, None)
+        self._held.discard(ident)
+        if entry is None:
+            log.error("ssw: deliver of unknown packet %d", ident)
+            return
+        _, pkt = entry
+        if rw is None:
+            self.queue.accept(ident)
+            return
+        try:
+            apply_rewrite(pkt, rw)
+        except (ValueError, FtcpError) as e:
+            log.error("ssw: cannot rewrite packet %d (%s): dropped", ident, e)
+            self._drop_raw(ident)
+            return
+        if pkt.changed:
+            self.stats.rewritten += 1
+            self.queue.accept(ident, payload=pkt.finalize())
+        else:
+            self.queue.accept(ident)
+
+    def _verdict_drop(self, ident: int) -> None:
+        self._held.discard(ident)
+        if self._pkts.pop(ident, None) is not None:
+            self._drop_raw(ident)
+
+    def _fabricate(self, c: Conn, a: Fabricate) -> None:
+        s = a.segment
+        cip, cport, sip, sport = c.key
+        if a.direction is Direction.TO_CLIENT:
+            src, dst, sp, dp = sip, cip, sport, cport
+        else:
+            src, dst, sp, dp = cip, sip, cport, sport
+        o = s.syn_opts
+        ts = (s.ts_val, s.ts_ecr or 0) if s.ts_val is not None else None
+        if o is not None:
+            opts = encode_options(mss=o.mss, wscale=o.wscale, sack_ok=o.sack_ok, ts=ts)
+        else:
+            opts = encode_options(ts=ts)
+        try:
+            raw = build_tcp(src, dst, sp, dp, s.seq, s.ack, s.flags, s.window, opts, s.payload)
+            self.injector.send(raw)
+        except (OSError, ValueError) as e:
+            log.error("ssw: conn %d: cannot inject (%s): %s", c.core.conn_id, a.reason, e)
+            return
+        self.stats.fabricated += 1
+
+    def _log(self, r: Record) -> None:
+        self._records.append(r)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._deferred_flush)
+
+    def _deferred_flush(self) -> None:
+        self._flush_scheduled = False
+        self._after_batch()
+
+    def _send_logs(self) -> None:
+        if not self._records:
+            return
+        recs, self._records = self._records, []
+        self.stats.records += len(recs)
+        self.stats.log_sends += 1
+        if self.send_records is None:
+            return
+        try:
+            self.send_records(recs)
+        except Exception as e:  # the link is gone: nothing more becomes stable
+            if self.fatal is None:
+                self.fatal = e
+                log.error("ssw: cannot send to the logger: %s", e)
+
+    def _trace_limit(self, c: Conn) -> None:
+        core = c.core
+        if core.state is State.LISTEN:
+            return
+        lim = core.ack_limit
+        if lim == c.last_limit:
+            return
+        c.last_limit = lim
+        if self.ack_trace is not None:
+            ip, port = core.client
+            self.ack_trace.write(f"{time.time():.6f} {core.conn_id} {ip} {port} {lim}\n")
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def _finish(self, c: Conn, now: float) -> None:
+        """The connection is over: tell the core (its records may go), forget it later."""
+        if c.finished_at is not None:
+            return
+        c.finished_at = now
+        if c.core.state is not State.CLOSED:
+            self._feed(c, Finish(now))
+        self._rearm_timer()
+
+    def _rearm_timer(self) -> None:
+        if self._loop is None:
+            return
+        when: float | None = None
+        for c in self.conns.values():
+            t = c.core.get_timer()
+            if c.finished_at is not None:
+                t2 = c.finished_at + self.linger
+                t = t2 if t is None else min(t, t2)
+            if t is not None and (when is None or t < when):
+                when = t
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = when
+        if when is not None:
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        now = self._now()
+        for c in list(self.conns.values()):
+            if c.finished_at is not None and now >= c.finished_at + self.linger:
+                self._forget(c)
+                continue
+            t = c.core.get_timer()
+            if t is not None and now >= t:
+                self._feed(c, Timer(now))
+        self._after_batch()
+
+    def _forget(self, c: Conn) -> None:
+        for ident in [i for i, (p, _) in self._pkts.items() if self._owner(i) is c]:
+            self._verdict_drop(ident)
+        if self.conns.get(c.key) is c:
+            del self.conns[c.key]
+        if self.by_id.get(c.core.conn_id) is c:
+            del self.by_id[c.core.conn_id]
+
+    def _owner(self, ident: int) -> Conn | None:
+        entry = self._pkts.get(ident)
+        if entry is None:
+            return None
+        p, pkt = entry
+        if p.hook == NF_INET_LOCAL_IN:
+            key: Key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        else:
+            key = (pkt.dst, pkt.dport, pkt.src, pkt.sport)
+        return self.conns.get(key)
+
+    # ------------------------------------------------------------------- logger
+
+    def on_logger_acks(self, acks: list[wire.Ack]) -> None:
+        """`LoggerClient(on_ack=...)`: watermarks become `LoggerAck`/`ReadLogged` inputs."""
+        now = self._now()
+        streams: dict[int, tuple[int, int]] = {}
+        for a in acks:
+            t = type(a)
+            if t is wire.HandshakeAck:
+                c = self.by_id.get(a.conn_id)  # type: ignore[union-attr]
+                if c is not None:
+                    self._feed(c, LoggerAck(now, handshake=True))
+            elif t is wire.StreamAck:
+                streams[a.conn_id] = (a.stable_seq, a.ack_limit)  # type: ignore[union-attr]
+            elif t is wire.ReadsAck:
+                self._reads_acked(a.next_order, now)  # type: ignore[union-attr]
+        for cid, (stable, limit) in streams.items():
+            c = self.by_id.get(cid)
+            if c is not None:
+                self._feed(c, LoggerAck(now, stable_seq=stable, fin=limit != stable))
+        self._after_batch()
+
+    # ---------------------------------------------------------------- NSW reads
+
+    def on_read(self, conn_id: int, order: int, kind: int, value: int) -> None:
+        now = self._now()
+        c = self.by_id.get(conn_id)
+        log_order: int | None = None
+        if c is not None and c.core.state in (State.ESTABLISHED, State.REPLAYING, State.CLOSED):
+            log_order = self._next_log_order
+            self._next_log_order += 1
+            r = ReadResult(conn_id, log_order, ReadKind(int(kind)), value)
+            self._feed(c, ReadReported(now, r))
+        else:
+            log.debug("ssw: read on unprotected conn %d (order %d) not logged", conn_id, order)
+        self._reads.append((order, log_order))
+        if log_order is None:
+            self._advance_reads()
+        self._schedule_flush()
+
+    def _reads_acked(self, next_order: int, now: float) -> None:
+        if next_order <= self._logged_next:
+            return
+        self._logged_next = next_order
+        for c in self.conns.values():
+            if c.core.unstable_reads:
+                self._feed(c, ReadLogged(now, next_order - 1))
+        self._advance_reads()
+
+    def _advance_reads(self) -> None:
+        upto: int | None = None
+        reads = self._reads
+        while reads and (reads[0][1] is None or reads[0][1] < self._logged_next):
+            upto = reads.popleft()[0]
+        if upto is not None and self.mark_logged is not None:
+            self.mark_logged(upto)
+
+    # ---------------------------------------------------------------- NSW other
+
+    def conn_for_accept(self, info: AcceptInfo) -> int | None:
+        """The conn id SSW gave the connection the application just accepted."""
+        try:
+            cip = socket.inet_aton(info.remote[0])
+            sip = socket.inet_aton(info.local[0])
+        except OSError:
+            return None
+        c = self.conns.get((cip, info.remote[1], sip, info.local[1]))
+        if c is None:
+            return None
+        c.accepted = True
+        return c.core.conn_id
+
+    def new_unprotected_id(self) -> int:
+        return next(self._ids)
+
+    async def on_close(self, conn_id: int, how: How) -> None:
+        c = self.by_id.get(conn_id)
+        if c is None:
+            return
+        ident = next(self._close_ids)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[ident] = fut
+        if how == How.CLOSE:
+            c.app_closed = True
+        done = self._feed(c, CloseRequest(self._now(), ident, CloseHow(int(how))))
+        self._schedule_flush()
+        if done is None:  # the core refused it (no live connection): nothing to wait for
+            self._waiting.pop(ident, None)
+            return
+        if ident in self._waiting:
+            await fut
+
+    def snapshot(self) -> list[dict[str, object]]:
+        """Protected connections, for `ftcp status`."""
+        out = []
+        for c in self.conns.values():
+            core = c.core
+            out.append(
+                {
+                    "conn_id": core.conn_id,
+                    "client": f"{core.client[0]}:{core.client[1]}",
+                    "state": core.state.name,
+                    "stable_seq": core.stable_seq,
+                    "server_seq": core.server_seq,
+                    "unstable_reads": core.unstable_reads,
+                    "finished": c.finished_at is not None,
+                }
+            )
+        return out
+
+
+def apply_rewrite(pkt: TcpPacket, rw: Rewrite) -> None:
+    """Change `pkt`'s header fields as `rw` says (checksum kept right by `TcpPacket`)."""
+    if rw.seq is not None:
+        pkt.set_seq(rw.seq)
+    if rw.ack is not None:
+        pkt.set_ack(rw.ack)
+    if rw.window is not None:
+        pkt.set_window(rw.window)
+    if (rw.ts_val is not None or rw.ts_ecr is not None) and not pkt.set_ts(rw.ts_val, rw.ts_ecr):
+        raise ValueError("timestamp rewrite on a segment without timestamps")
+    if rw.sack is not None:
+        old = pkt.options().sack_blocks
+        if len(old) != len(rw.sack):
+            raise ValueError(f"SACK rewrite changes the block count {len(old)} -> {len(rw.sack)}")
+        edges = iter([e for block in rw.sack for e in block])
+        pkt.map_sack(lambda _e: next(edges))
+
+
+class AgentBridge(AgentHandler):
+    """The NSW agent's handler: accepts, reads and closes go to the engine."""
+
+    def __init__(self, engine: Engine, on_orphans: Callable[[list[int]], None] | None = None):
+        self.engine = engine
+        self.on_orphans = on_orphans
+
+    def on_accept(self, info: AcceptInfo) -> Decision:
+        cid = self.engine.conn_for_accept(info)
+        if cid is None:
+            log.warning(
+                "nsw: accepted %s:%d not seen by SSW: unprotected", info.remote[0], info.remote[1]
+            )
+            cid = self.engine.new_unprotected_id()
+        return Normal(conn_id=cid)
+
+    def on_read(
+        self, conn_id: int, order: int, kind: Kind, value: int, wtotal: int, wcrc: int
+    ) -> None:
+        self.engine.on_read(conn_id, order, kind, value)
+
+    def on_close(self, conn_id: int, how: How, wtotal: int, wcrc: int) -> Awaitable[None]:
+        return self.engine.on_close(conn_id, how)
+
+    def on_session_end(self, session: SessionInfo, orphans: list[int]) -> None:
+        if orphans:
+            log.error(
+                "nsw: process %d died holding connections %s (recovery not implemented yet)",
+                session.pid,
+                orphans,
+            )
+            if self.on_orphans is not None:
+                self.on_orphans(orphans)

@@ -1,0 +1,377 @@
+"""`ftcp run`: protect one TCP port of an unmodified server (failure-free operation).
+
+`run(cfg)` does, in this order, undoing everything on every exit path:
+
+1. check that LD_PRELOAD can wrap COMMAND (`ftcp.nsw.elfcheck`; a static
+   binary is refused) and build the shim;
+2. remove the rules of an earlier crashed run (`ftcp.ssw.rules.cleanup_stale`);
+3. connect and authenticate to the logger (unreachable: one clear line, exit
+   status 2, nothing installed);
+4. bind the NFQUEUE, open the raw injector, install the queue rules for the
+   port (INPUT: client→server on the client-facing interface; OUTPUT:
+   server→client on it), start the SSW engine and the NSW agent;
+5. launch COMMAND with the shim preloaded, wait for it.
+
+COMMAND's exit status is forwarded when it exits by itself. SIGTERM/SIGINT
+stop it (SIGTERM, then SIGKILL after a grace period) and end with status 0.
+Recovery is not implemented yet: when the application dies from a signal
+the supervisor says so and exits 128+signal; losing the logger link ends the
+run with status 1.
+
+The client-facing interface is `--iface`, else found from the routing
+table: the only interface with an IPv4 address (lo excluded), or the only one
+left after removing the one that routes to the logger, or the one holding
+the default route.
+
+Per-run files live in the state directory (default ``/run/ftcp``), named
+after the network namespace and the port so that runs in different
+namespaces never collide: the rules state file, the agent's socket, and a
+status file refreshed every second (read by `ftcp status`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from ftcp.core.ackpolicy import make_policy
+from ftcp.errors import UserError
+from ftcp.logger.client import LoggerClient, LoggerError
+from ftcp.nsw import build, elfcheck
+from ftcp.nsw.agent import Agent
+from ftcp.ssw import rules as ssw_rules
+from ftcp.ssw.engine import AgentBridge, Engine
+from ftcp.ssw.inject import Injector
+from ftcp.ssw.nfqueue import Queue
+
+log = logging.getLogger("ftcp.run")
+
+DEFAULT_STATE_DIR = "/run/ftcp"
+DEFAULT_MARK = 0x66746370  # "ftcp"
+STOP_GRACE = 5.0
+
+
+@dataclass(slots=True)
+class RunConfig:
+    logger_host: str
+    logger_port: int
+    port: int
+    command: list[str]
+    secret: bytes | None = None  # None: --insecure
+    ack_strategy: str = "lazy"
+    restore: str = "handshake"
+    iface: str | None = None
+    queue_num: int | None = None
+    mark: int = DEFAULT_MARK
+    state_dir: str = DEFAULT_STATE_DIR
+    app_id: str | None = None
+    ack_trace: str | None = None
+    logger_timeout: float = 5.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def netns_id() -> str:
+    """An identifier of the current network namespace (its inode)."""
+    try:
+        return str(os.stat("/proc/self/ns/net").st_ino)
+    except OSError:
+        return "0"
+
+
+def state_files(state_dir: str, port: int) -> tuple[str, str, str]:
+    """(rules state file, agent socket, status file) of a run on `port` in this namespace."""
+    tag = f"{netns_id()}-{port}"
+    d = Path(state_dir)
+    return str(d / f"rules-{tag}.json"), str(d / f"nsw-{tag}.sock"), str(d / f"status-{tag}.json")
+
+
+def _ip_json(*args: str) -> list[dict]:
+    try:
+        r = subprocess.run(["ip", "-j", *args], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise UserError("ip (iproute2) not found") from None
+    if r.returncode != 0 or not r.stdout.strip():
+        return []
+    try:
+        doc = json.loads(r.stdout)
+    except json.JSONDecodeError:
+        return []
+    return doc if isinstance(doc, list) else []
+
+
+def detect_iface(logger_host: str) -> str:
+    """The interface that faces the clients (see the module docstring)."""
+    ifaces = [
+        d["ifname"]
+        for d in _ip_json("-4", "addr", "show")
+        if d.get("ifname") and d["ifname"] != "lo" and d.get("addr_info")
+    ]
+    if len(ifaces) == 1:
+        return ifaces[0]
+    try:
+        logger_ip = socket.gethostbyname(logger_host)
+        routes = _ip_json("route", "get", logger_ip)
+        logger_dev = routes[0].get("dev") if routes else None
+    except OSError:
+        logger_dev = None
+    rest = [i for i in ifaces if i != logger_dev]
+    if len(rest) == 1:
+        return rest[0]
+    default = [d.get("dev") for d in _ip_json("route", "show", "default") if d.get("dev")]
+    if default:
+        return str(default[0])
+    raise UserError(
+        f"cannot tell which interface faces the clients (candidates: {', '.join(ifaces) or 'none'})"
+        "; give --iface"
+    )
+
+
+class _Status:
+    def __init__(self, path: str, cfg: RunConfig, iface: str) -> None:
+        self.path = path
+        self.cfg = cfg
+        self.iface = iface
+        self.started = time.time()
+
+    def write(self, engine: Engine, client: LoggerClient, app_pid: int | None) -> None:
+        doc = {
+            "pid": os.getpid(),
+            "port": self.cfg.port,
+            "iface": self.iface,
+            "app_pid": app_pid,
+            "started": self.started,
+            "ack_strategy": self.cfg.ack_strategy,
+            "logger": f"{self.cfg.logger_host}:{self.cfg.logger_port}",
+            "logger_ok": client.closed is None,
+            "logger_batches": [client.batch, client.batch_acked],
+            "stats": {k: getattr(engine.stats, k) for k in engine.stats.__slots__},
+            "connections": engine.snapshot(),
+        }
+        tmp = f"{self.path}.tmp"
+        with contextlib.suppress(OSError):
+            with open(tmp, "w") as f:
+                json.dump(doc, f)
+            os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+def run(cfg: RunConfig) -> int:
+    """Run the supervisor until COMMAND exits or a signal stops it; the exit status."""
+    if not cfg.command:
+        raise UserError("no COMMAND given: ftcp run [OPTIONS] -- COMMAND ...")
+    if not 0 < cfg.port < 65536:
+        raise UserError(f"--port {cfg.port} out of range 1..65535")
+    make_policy(cfg.ack_strategy)
+    if cfg.restore != "handshake":
+        log.info("--restore %s: recovery is not implemented yet", cfg.restore)
+    elfcheck.check_preloadable(cfg.command)
+    shim = build.shim_path()
+    os.makedirs(cfg.state_dir, exist_ok=True)
+    rules_file, _, _ = state_files(cfg.state_dir, cfg.port)
+    n = ssw_rules.cleanup_stale(rules_file)
+    if n:
+        log.warning("removed %d queue rule(s) left by a crashed run", n)
+    iface = cfg.iface or detect_iface(cfg.logger_host)
+    return asyncio.run(_supervise(cfg, str(shim), iface))
+
+
+async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
+    loop = asyncio.get_running_loop()
+    rules_file, sock_path, status_path = state_files(cfg.state_dir, cfg.port)
+    engine_box: list[Engine] = []
+
+    def on_ack(acks: list) -> None:
+        if engine_box:
+            engine_box[0].on_logger_acks(acks)
+
+    app_id = cfg.app_id or f"port-{cfg.port}"
+    try:
+        client = await LoggerClient.connect(
+            cfg.logger_host,
+            cfg.logger_port,
+            app_id=app_id,
+            secret=cfg.secret,
+            on_ack=on_ack,
+            timeout=cfg.logger_timeout,
+        )
+    except (TimeoutError, OSError, LoggerError) as e:
+        what = str(e) or type(e).__name__
+        if isinstance(e, asyncio.TimeoutError):
+            what = f"no answer within {cfg.logger_timeout:g} s"
+        raise UserError(
+            f"cannot reach the logger at {cfg.logger_host}:{cfg.logger_port}: {what}"
+        ) from None
+
+    trace: IO[str] | None = None
+    queue: Queue | None = None
+    injector: Injector | None = None
+    port_rules: ssw_rules.PortRules | None = None
+    agent: Agent | None = None
+    engine: Engine | None = None
+    status: _Status | None = None
+    proc: asyncio.subprocess.Process | None = None
+    sock_dir: str | None = None
+    try:
+        qnum = cfg.queue_num if cfg.queue_num is not None else cfg.port
+        queue = Queue.open(qnum)
+        injector = Injector(cfg.mark)
+        if cfg.ack_trace:
+            trace = open(cfg.ack_trace, "w", buffering=1 << 16)  # noqa: SIM115
+        engine = Engine(
+            port=cfg.port,
+            queue=queue,
+            injector=injector,
+            ack_strategy=cfg.ack_strategy,
+            send_records=client.send,
+            ack_trace=trace,
+        )
+        engine_box.append(engine)
+        if len(os.fsencode(sock_path)) > 100:  # sun_path holds 108 bytes
+            sock_dir = tempfile.mkdtemp(prefix="ftcp-nsw-")
+            sock_path = os.path.join(sock_dir, "nsw.sock")
+        agent = Agent(sock_path, AgentBridge(engine))
+        engine.mark_logged = agent.mark_logged
+        await agent.start()
+        engine.start(loop)
+        owner = f"run-{cfg.port}-{os.getpid()}"
+        specs = ssw_rules.queue_rules(
+            cfg.port,
+            in_queue=qnum,
+            out_queue=qnum,
+            ext_iface=iface,
+            in_iface=iface,
+            mark=cfg.mark,
+            owner=owner,
+        )
+        port_rules = ssw_rules.PortRules(specs, state_file=rules_file, owner=owner)
+        port_rules.install()
+        status = _Status(status_path, cfg, iface)
+
+        env = dict(os.environ)
+        env.update(agent.env(cfg.port, shim))
+        env["FTCP_NSW_STRICT"] = "1"
+        env.update(cfg.extra_env)
+        proc = await asyncio.create_subprocess_exec(*cfg.command, env=env)
+        print(
+            f"ftcp run: protecting port {cfg.port} on {iface} (ack strategy "
+            f"{cfg.ack_strategy}, logger {cfg.logger_host}:{cfg.logger_port}); "
+            f"application pid {proc.pid}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+        stop = asyncio.Event()
+        stop_sig: list[int] = []
+
+        def on_signal(sig: int) -> None:
+            stop_sig.append(sig)
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+
+        waiter = asyncio.ensure_future(proc.wait())
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiter, stopper}, timeout=1.0)
+                status.write(engine, client, proc.pid)
+                if done:
+                    break
+                if client.closed is not None or engine.fatal is not None:
+                    why = client.closed or engine.fatal
+                    print(f"ftcp run: lost the logger link ({why}); stopping", file=sys.stderr)
+                    await _terminate(proc)
+                    return 1
+        finally:
+            stopper.cancel()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        if stop_sig and proc.returncode is None:
+            await _terminate(proc)
+            return 0
+        rc = await waiter
+        if rc < 0:
+            print(
+                f"ftcp run: the application (pid {proc.pid}) died from signal "
+                f"{signal.Signals(-rc).name}; recovery is not implemented yet",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 128 - rc
+        return rc
+    finally:
+        if proc is not None and proc.returncode is None:
+            await _terminate(proc)
+        if engine is not None:
+            engine.stop()
+        errors: list[str] = []
+        if port_rules is not None:
+            try:
+                port_rules.remove()
+            except UserError as e:
+                errors.append(str(e))
+        if agent is not None:
+            agent.close()
+        if sock_dir is not None:
+            with contextlib.suppress(OSError):
+                os.rmdir(sock_dir)
+        if queue is not None:
+            queue.close()
+        if injector is not None:
+            injector.close()
+        if status is not None:
+            status.remove()
+        if trace is not None:
+            trace.close()
+        await client.close()
+        if errors:
+            print(f"ftcp run: {'; '.join(errors)}", file=sys.stderr)
+
+
+async def _terminate(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), STOP_GRACE)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
+def read_status(state_dir: str) -> list[dict]:
+    """Status documents of the supervisors running with `state_dir` (any namespace)."""
+    out = []
+    for p in sorted(Path(state_dir).glob("status-*.json")):
+        try:
+            doc = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        pid = doc.get("pid")
+        if isinstance(pid, int):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                pass
+        out.append(doc)
+    return out

@@ -1,0 +1,113 @@
+"""The SSW engine against a fake queue (no root): verdicts, holds, logging, fail-closed."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from click.testing import CliRunner
+
+from ftcp.cli import main
+from ftcp.core import wire
+from ftcp.core.packet import ACK, PSH, SYN, TcpPacket, build_tcp, encode_options
+from ftcp.core.records import Handshake, InSegment
+from ftcp.ssw.engine import NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT, Engine
+from ftcp.ssw.nfqueue import QueuedPacket
+
+C, S, CP, SP = "10.0.0.1", "10.0.0.2", 40000, 8080
+
+
+class FakeQueue:
+    def __init__(self) -> None:
+        self.verdicts: dict[int, tuple[str, bytes | None]] = {}
+        self.batch: list[QueuedPacket] = []
+
+    def fileno(self) -> int:
+        return 0
+
+    def receive(self) -> list[QueuedPacket]:
+        b, self.batch = self.batch, []
+        return b
+
+    def accept(self, i: int, *, payload: bytes | None = None) -> None:
+        assert i not in self.verdicts
+        self.verdicts[i] = ("accept", payload)
+
+    def drop(self, i: int) -> None:
+        assert i not in self.verdicts
+        self.verdicts[i] = ("drop", None)
+
+    def flush(self) -> None:
+        pass
+
+
+def qp(i: int, raw: bytes, hook: int) -> QueuedPacket:
+    return QueuedPacket(i, hook, 0x0800, raw, 0, 0, 0, 0, len(raw))
+
+
+def run_engine(fn: Any) -> None:
+    async def go() -> None:
+        q = FakeQueue()
+        sent: list[list[Any]] = []
+        eng = Engine(port=SP, queue=q, injector=None, ack_strategy="lazy",
+                     send_records=sent.append, conn_id_base=0)  # type: ignore[arg-type]  # fmt: skip
+        eng._loop = asyncio.get_running_loop()
+        await fn(eng, q, sent)
+
+    asyncio.run(go())
+
+
+def test_handshake_held_until_logged_then_data_logged_and_acks_clamped() -> None:
+    async def body(eng: Engine, q: FakeQueue, sent: list[list[Any]]) -> None:
+        syn = build_tcp(C, S, CP, SP, 1000, 0, SYN, 64240, encode_options(mss=1460, wscale=7))
+        synack = build_tcp(S, C, SP, CP, 5000, 1001, SYN | ACK, 65160,
+                           encode_options(mss=1460, wscale=7))  # fmt: skip
+        q.batch = [qp(1, syn, NF_INET_LOCAL_IN), qp(2, synack, NF_INET_LOCAL_OUT)]
+        eng._on_queue()
+        assert q.verdicts == {1: ("accept", None)}  # SYN-ACK held
+        assert isinstance(sent[0][0], Handshake)
+        cid = sent[0][0].conn_id
+        eng.on_logger_acks([wire.HandshakeAck(cid)])
+        assert q.verdicts[2] == ("accept", None)
+        # client data, then the server's pure ack for it: held (Lazy) until logged
+        data = build_tcp(C, S, CP, SP, 1001, 5001, PSH | ACK, 502, b"", b"x" * 100)
+        ack = build_tcp(S, C, SP, CP, 5001, 1101, ACK, 509)
+        q.batch = [qp(3, data, NF_INET_LOCAL_IN), qp(4, ack, NF_INET_LOCAL_OUT)]
+        eng._on_queue()
+        assert q.verdicts[3] == ("accept", None) and 4 not in q.verdicts
+        seg = sent[-1][0]
+        assert isinstance(seg, InSegment) and seg.payload == b"x" * 100
+        eng.on_logger_acks([wire.StreamAck(cid, 1101, 1101)])
+        assert q.verdicts[4] == ("accept", None)
+        # a server data segment acking unlogged client data leaves clamped
+        data2 = build_tcp(C, S, CP, SP, 1101, 5001, PSH | ACK, 502, b"", b"y" * 50)
+        out = build_tcp(S, C, SP, CP, 5001, 1151, PSH | ACK, 509, b"", b"z" * 10)
+        q.batch = [qp(5, data2, NF_INET_LOCAL_IN), qp(6, out, NF_INET_LOCAL_OUT)]
+        eng._on_queue()
+        verdict, payload = q.verdicts[6]
+        assert verdict == "accept" and payload is not None
+        p = TcpPacket.parse(payload)
+        assert p.ack == 1101 and p.tcp_checksum_ok()
+
+    run_engine(body)
+
+
+def test_unknown_and_garbage_packets_are_dropped() -> None:
+    async def body(eng: Engine, q: FakeQueue, sent: list[list[Any]]) -> None:
+        stray = build_tcp(C, S, CP, SP, 1, 2, ACK, 100)
+        q.batch = [qp(1, stray, NF_INET_LOCAL_IN), qp(2, b"\x45garbage", NF_INET_LOCAL_IN)]
+        eng._on_queue()
+        assert q.verdicts == {1: ("drop", None), 2: ("drop", None)}
+        assert eng.stats.unknown == 1 and eng.stats.parse_errors == 1
+
+    run_engine(body)
+
+
+def test_status_without_supervisor(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    r = CliRunner().invoke(main, ["status", "--state-dir", str(tmp_path)])
+    assert r.exit_code == 0 and "no ftcp supervisor running" in r.output
+
+
+def test_run_needs_a_command_and_a_logger() -> None:
+    r = CliRunner().invoke(main, ["run", "--port", "80", "--insecure", "--", "true"])
+    assert r.exit_code == 2 and "--logger" in r.output
