@@ -148,9 +148,10 @@ def bench_paper(
 
     from ftcp.bench import paper
 
-    command = shlex.join(["ftcp", "bench", "paper", *sys.argv[3:]]) if len(sys.argv) > 3 else (
-        "ftcp bench paper"
-    )
+    args = ["ftcp", "bench", "paper"] + (["--quick"] if quick else [])
+    args += [] if runs is None else ["--runs", str(runs)]
+    args += [a for t in topologies for a in ("--topology", t)] + ["--out", out_dir]
+    command = shlex.join(args)
     paper.run(
         list(topologies) or None, runs=runs, quick=quick, out=Path(out_dir), command=command
     )
