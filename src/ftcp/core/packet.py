@@ -388,14 +388,18 @@ class TcpPacket:
     # -- parsing --
 
     @classmethod
-    def parse(cls, buf: bytes | bytearray | memoryview, csum_partial: bool = False) -> TcpPacket:
+    def parse(
+        cls, buf: bytes | bytearray | memoryview, csum_partial: bool = False, copy: bool = True
+    ) -> TcpPacket:
         """Validate `buf` as an unfragmented IPv4/TCP packet and return a view on it.
 
         A `bytearray` is used in place (rewrites change it); anything else is
-        copied. `csum_partial=True` says the TCP checksum field holds only the
+        copied, unless `copy=False`: then the view reads `buf` where it is and is
+        read-only (a `set_*` raises; re-parse a `bytearray` copy to rewrite).
+        `csum_partial=True` says the TCP checksum field holds only the
         pseudo-header sum (NFQUEUE with F_GSO).
         """
-        if type(buf) is not bytearray:
+        if copy and type(buf) is not bytearray:
             buf = bytearray(buf)
         n = len(buf)
         if n < 20:

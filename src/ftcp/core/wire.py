@@ -455,7 +455,14 @@ def encode_record(r: Record) -> bytes:
 
 def encode_records_body(records: Iterable[Record]) -> bytes:
     """Concatenated records (a RECORDS body), with the InSegment/ReadResult fast paths inline."""
-    parts: list[bytes] = []
+    parts = _records_parts(records, [])
+    return b"".join(parts)
+
+
+def _records_parts(
+    records: Iterable[Record], parts: list[bytes | memoryview]
+) -> list[bytes | memoryview]:
+    """Append each record's pieces to `parts` (payloads as they are: no copy)."""
     app = parts.append
     try:
         for r in records:
@@ -487,7 +494,7 @@ def encode_records_body(records: Iterable[Record]) -> bytes:
                 app(encode_record(r))
     except (struct.error, TypeError) as e:
         raise LocalProtocolError(f"cannot encode record: {e}") from e
-    return b"".join(parts)
+    return parts
 
 
 def decode_records(body: bytes | memoryview) -> list[Record]:
@@ -648,9 +655,11 @@ def frame(ftype: FrameType, body: bytes = b"") -> bytes:
 
 
 def encode_records(records: Iterable[Record]) -> bytes:
-    """A complete RECORDS frame (hot path)."""
-    body = encode_records_body(records)
-    return _HEADER.pack(MAGIC, VERSION, FrameType.RECORDS, len(body)) + body
+    """A complete RECORDS frame (hot path): header and records joined in one copy."""
+    parts = _records_parts(records, [b""])
+    size = sum(map(len, parts))
+    parts[0] = _HEADER.pack(MAGIC, VERSION, FrameType.RECORDS, size)
+    return b"".join(parts)
 
 
 _ACK = struct.Struct("!BQII")

@@ -259,9 +259,12 @@ class LoggerClient(asyncio.Protocol):
 
     def send(self, records: Sequence[Record]) -> int:
         """Log records (pipelined); returns the batch number of the last frame sent."""
-        body = wire.encode_records_body(records)
-        if len(body) <= MAX_BODY or len(records) == 1:
-            return self.send_body(body)
+        frame = wire.encode_records(records)
+        if len(frame) - wire.HEADER_LEN <= MAX_BODY or len(records) == 1:
+            t = self._check()
+            t.write(frame)
+            self.batch += 1
+            return self.batch
         half = len(records) // 2
         self.send(records[:half])
         return self.send(records[half:])

@@ -187,7 +187,7 @@ class QueuedPacket(NamedTuple):
     id: int
     hook: int
     hw_protocol: int
-    payload: bytes
+    payload: bytes | memoryview
     mark: int
     skb_info: int
     indev: int
@@ -316,8 +316,13 @@ def payload_padding(payload_len: int) -> int:
     return _align(n) - n
 
 
-def parse_packet_attrs(buf: bytes | memoryview, start: int, end: int) -> QueuedPacket:
-    """Parse the attributes of one NFQNL_MSG_PACKET (from after its nfgenmsg to `end`)."""
+def parse_packet_attrs(
+    buf: bytes | memoryview, start: int, end: int, *, zero_copy: bool = False
+) -> QueuedPacket:
+    """Parse the attributes of one NFQNL_MSG_PACKET (from after its nfgenmsg to `end`).
+
+    With `zero_copy` the payload is a memoryview slice of `buf` (which must then be
+    an immutable `bytes`, or a view of one, that nothing reuses), else a `bytes` copy."""
     pid = hook = hwp = -1
     mark = skb_info = indev = outdev = 0
     payload = b""
@@ -329,7 +334,7 @@ def parse_packet_attrs(buf: bytes | memoryview, start: int, end: int) -> QueuedP
             raise RemoteProtocolError(f"nfqueue: bad attribute length {alen} at offset {a}")
         atype &= NLA_TYPE_MASK
         if atype == NFQA_PAYLOAD:
-            payload = bytes(buf[a + 4 : a + alen])
+            payload = buf[a + 4 : a + alen] if zero_copy else bytes(buf[a + 4 : a + alen])  # type: ignore[assignment]
         elif atype == NFQA_PACKET_HDR:
             pid, hwp, hook = _PKT_HDR.unpack_from(buf, a + 4)
         elif atype == NFQA_MARK:
@@ -376,9 +381,10 @@ def _parse_error(buf: bytes | memoryview, off: int, mlen: int, mflags: int) -> P
 
 
 def parse_messages(
-    buf: bytes | memoryview, n: int | None = None
+    buf: bytes | memoryview, n: int | None = None, *, zero_copy: bool = False
 ) -> tuple[list[QueuedPacket], list[ParsedError]]:
-    """Parse a buffer of netlink messages into packets and error/ack replies."""
+    """Parse a buffer of netlink messages into packets and error/ack replies
+    (`zero_copy`: see `parse_packet_attrs`)."""
     n = len(buf) if n is None else min(n, len(buf))
     packets: list[QueuedPacket] = []
     errors: list[ParsedError] = []
@@ -388,7 +394,9 @@ def parse_messages(
         if mlen < 16 or off + mlen > n:
             raise RemoteProtocolError(f"nfqueue: bad netlink message length {mlen} at {off}")
         if mtype == MSG_PACKET:
-            packets.append(parse_packet_attrs(buf, off + _HDRLEN, off + mlen))
+            packets.append(
+                parse_packet_attrs(buf, off + _HDRLEN, off + mlen, zero_copy=zero_copy)
+            )
         elif mtype == NLMSG_ERROR:
             errors.append(_parse_error(buf, off, mlen, mflags))
         elif mtype in (NLMSG_NOOP, NLMSG_DONE):
@@ -442,6 +450,10 @@ class Queue:
         self._pending: dict[int, tuple[int, int | None, bytes | memoryview | None]] = {}
         self._backlog: list[QueuedPacket] = []
         self._closed = False
+        # True: `receive` reads each netlink datagram into a fresh `bytes` and hands out
+        # payloads as read-only memoryviews into it (no copy; they stay valid as long as
+        # they are referenced). False: each payload is its own `bytes` copy.
+        self.zero_copy = False
 
     # -- setup / teardown
 
@@ -592,9 +604,14 @@ class Queue:
         view = self._view
         st = self.stats
         errors: list[ParsedError] = []
+        zero_copy = self.zero_copy
         for _ in range(_MAX_RECVS):
             try:
-                n = sock.recv_into(buf)
+                if zero_copy:
+                    data = sock.recv(_RECV_BUF)
+                    n = len(data)
+                else:
+                    n = sock.recv_into(buf)
             except BlockingIOError:
                 break
             except OSError as e:
@@ -605,7 +622,10 @@ class Queue:
             st.recv_calls += 1
             if n == 0:
                 break
-            packets, errs = parse_messages(view, n)
+            if zero_copy:
+                packets, errs = parse_messages(memoryview(data), n, zero_copy=True)
+            else:
+                packets, errs = parse_messages(view, n)
             if packets:
                 self._take(packets)
             if errs:
