@@ -52,6 +52,20 @@ def main() -> None:
     show_default=True,
 )
 @click.option("--restore", type=click.Choice(["handshake", "repair"]), default="handshake")
+@click.option(
+    "--max-restarts",
+    type=int,
+    default=5,
+    show_default=True,
+    help="Restarts in a row after crashes before giving up (the clients are then reset).",
+)
+@click.option(
+    "--on-divergence",
+    type=click.Choice(["continue", "close"]),
+    default="continue",
+    show_default=True,
+    help="When replay regenerates a different outstream: report and go on, or reset.",
+)
 @click.option("--iface", help="Client-facing interface (default: from the routing table).")
 @click.option("--queue-num", type=int, help="NFQUEUE number (default: the port).")
 @click.option(
@@ -72,6 +86,8 @@ def run(
     insecure: bool,
     ack_strategy: str,
     restore: str,
+    max_restarts: int,
+    on_divergence: str,
     iface: str | None,
     queue_num: int | None,
     state_dir: str,
@@ -114,6 +130,8 @@ def run(
         secret=secret,
         ack_strategy=ack_strategy,
         restore=restore,
+        max_restarts=max_restarts,
+        on_divergence=on_divergence,
         iface=iface,
         queue_num=queue_num,
         state_dir=state_dir,
@@ -151,6 +169,17 @@ def status(state_dir: str, as_json: bool) -> None:
             f"port {d['port']} on {d['iface']}: supervisor pid {d['pid']}, app pid "
             f"{d.get('app_pid')}, ack strategy {d['ack_strategy']}, logger {d['logger']} ({ok})"
         )
+        rec = d.get("recovery")
+        if rec:
+            click.echo(
+                f"  crashes {rec['crashes']}, recoveries {rec['recoveries']}"
+                f"{' (recovering now)' if rec['recovering'] else ''}"
+                f"{', GAVE UP' if rec['gave_up'] else ''}, divergences {rec['divergences']}"
+            )
+            for dv in rec.get("divergence_list", []):
+                click.echo(
+                    f"  DIVERGENCE conn #{dv['conn_id']} at byte {dv['offset']}: {dv['detail']}"
+                )
         conns = d.get("connections", [])
         click.echo(f"  {len(conns)} connection(s)")
         for c in conns:

@@ -14,9 +14,10 @@
 
 COMMAND's exit status is forwarded when it exits by itself. SIGTERM/SIGINT
 stop it (SIGTERM, then SIGKILL after a grace period) and end with status 0.
-Recovery is not implemented yet: when the application dies from a signal
-the supervisor says so and exits 128+signal; losing the logger link ends the
-run with status 1.
+When the application dies from a signal, `ftcp.recovery.Recovery` restarts
+it and rebuilds its connections from the log (at most `max_restarts` times in
+a row; past that the crashed clients are reset and the run exits
+128+signal); losing the logger link ends the run with status 1.
 
 The client-facing interface is `--iface`, else found from the routing
 table: the only interface with an IPv4 address (lo excluded), or the only one
@@ -51,8 +52,9 @@ from ftcp.errors import UserError
 from ftcp.logger.client import LoggerClient, LoggerError
 from ftcp.nsw import build, elfcheck
 from ftcp.nsw.agent import Agent
+from ftcp.recovery import Recovery, RecoveryBridge
 from ftcp.ssw import rules as ssw_rules
-from ftcp.ssw.engine import AgentBridge, Engine
+from ftcp.ssw.engine import Engine
 from ftcp.ssw.inject import Injector
 from ftcp.ssw.nfqueue import Queue
 
@@ -80,6 +82,8 @@ class RunConfig:
     ack_trace: str | None = None
     logger_timeout: float = 5.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    max_restarts: int = 5  # recovery: restarts in a row before giving up
+    on_divergence: str = "continue"  # recovery: "continue" | "close"
 
 
 def netns_id() -> str:
@@ -145,7 +149,13 @@ class _Status:
         self.iface = iface
         self.started = time.time()
 
-    def write(self, engine: Engine, client: LoggerClient, app_pid: int | None) -> None:
+    def write(
+        self,
+        engine: Engine,
+        client: LoggerClient,
+        app_pid: int | None,
+        recovery: Recovery | None = None,
+    ) -> None:
         doc = {
             "pid": os.getpid(),
             "port": self.cfg.port,
@@ -159,6 +169,8 @@ class _Status:
             "stats": {k: getattr(engine.stats, k) for k in engine.stats.__slots__},
             "connections": engine.snapshot(),
         }
+        if recovery is not None:
+            doc["recovery"] = recovery.status()
         tmp = f"{self.path}.tmp"
         with contextlib.suppress(OSError):
             with open(tmp, "w") as f:
@@ -225,6 +237,7 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
     engine: Engine | None = None
     status: _Status | None = None
     proc: asyncio.subprocess.Process | None = None
+    recovery: Recovery | None = None
     sock_dir: str | None = None
     try:
         qnum = cfg.queue_num if cfg.queue_num is not None else cfg.port
@@ -244,7 +257,8 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
         if len(os.fsencode(sock_path)) > 100:  # sun_path holds 108 bytes
             sock_dir = tempfile.mkdtemp(prefix="ftcp-nsw-")
             sock_path = os.path.join(sock_dir, "nsw.sock")
-        agent = Agent(sock_path, AgentBridge(engine))
+        bridge = RecoveryBridge(engine)
+        agent = Agent(sock_path, bridge)
         engine.mark_logged = agent.mark_logged
         await agent.start()
         engine.start(loop)
@@ -266,7 +280,23 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
         env.update(agent.env(cfg.port, shim))
         env["FTCP_NSW_STRICT"] = "1"
         env.update(cfg.extra_env)
-        proc = await asyncio.create_subprocess_exec(*cfg.command, env=env)
+
+        async def spawn() -> asyncio.subprocess.Process:
+            return await asyncio.create_subprocess_exec(*cfg.command, env=env)
+
+        recovery = Recovery(
+            engine,
+            agent,
+            client,
+            port=cfg.port,
+            spawn=spawn,
+            max_restarts=cfg.max_restarts,
+            on_divergence=cfg.on_divergence,
+            restore=cfg.restore,
+        )
+        bridge.recovery = recovery
+        proc = await spawn()
+        recovery.started(proc)
         print(
             f"ftcp run: protecting port {cfg.port} on {iface} (ack strategy "
             f"{cfg.ack_strategy}, logger {cfg.logger_host}:{cfg.logger_port}); "
@@ -290,7 +320,13 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
         try:
             while True:
                 done, _ = await asyncio.wait({waiter, stopper}, timeout=1.0)
-                status.write(engine, client, proc.pid)
+                if waiter in done and stopper not in done and waiter.result() < 0:
+                    new = await recovery.on_death(waiter.result())  # ftcp.recovery
+                    if new is not None:
+                        proc = new
+                        waiter = asyncio.ensure_future(proc.wait())
+                        done = set()
+                status.write(engine, client, proc.pid, recovery)
                 if done:
                     break
                 if client.closed is not None or engine.fatal is not None:
@@ -309,13 +345,15 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
         if rc < 0:
             print(
                 f"ftcp run: the application (pid {proc.pid}) died from signal "
-                f"{signal.Signals(-rc).name}; recovery is not implemented yet",
+                f"{signal.Signals(-rc).name}; not restarted (gave up)",
                 file=sys.stderr,
                 flush=True,
             )
             return 128 - rc
         return rc
     finally:
+        if recovery is not None:
+            recovery.close()
         if proc is not None and proc.returncode is None:
             await _terminate(proc)
         if engine is not None:

@@ -18,6 +18,7 @@ def test_demo_verifies_both_directions_and_cleans_up() -> None:
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("matches") == 2
-    assert "Not protected yet" in r.stdout
+    assert "server killed 2 time(s), recovered 2 time(s)" in r.stdout, r.stdout
+    assert "masked" in r.stdout
     after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"ftcp-{name}-" not in after  # every namespace of the demo's lab is gone

@@ -219,8 +219,21 @@ def read_trace(path: Path) -> dict[int, list[tuple[float, int]]]:
     """client port -> [(time, ack_limit)] from the engine's ack trace."""
     out: dict[int, list[tuple[float, int]]] = {}
     for line in path.read_text().splitlines():
-        t, _cid, _ip, port, lim = line.split()
+        f = line.split()
+        if len(f) != 5 or not f[4].isdigit():
+            continue  # another event (see `read_events`)
+        t, _cid, _ip, port, lim = f
         out.setdefault(int(port), []).append((float(t), int(lim)))
+    return out
+
+
+def read_events(path: Path, what: str) -> dict[int, list[tuple[float, list[str]]]]:
+    """client port -> [(time, arguments)] of the trace's `what` events (hs, rlog, close)."""
+    out: dict[int, list[tuple[float, list[str]]]] = {}
+    for line in path.read_text().splitlines():
+        f = line.split()
+        if len(f) >= 5 and f[4] == what:
+            out.setdefault(int(f[3]), []).append((float(f[0]), f[5:]))
     return out
 
 

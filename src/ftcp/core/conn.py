@@ -350,6 +350,9 @@ class Connection:
         self.probe_interval = probe_interval
         self.syn_rto = syn_rto
         self.refill_rto = refill_rto
+        # largest refill segment (None: the new kernel's MSS); the real I/O layer injects
+        # over loopback and may use far larger segments (ftcp.recovery sets it)
+        self.refill_chunk: int | None = None
         self.state = State.LISTEN
         self.trace: list[str] = []  # "A => B" transitions, in order
         # handshake
@@ -601,10 +604,13 @@ class Connection:
             self._client_max = seq.max_(self._client_max, end)
 
     def _log_in(self, ev: ClientSegment) -> None:
-        if ev.payload_len and len(ev.payload) != ev.payload_len:
+        p = ev.payload
+        if ev.payload_len and len(p) != ev.payload_len:
             raise LocalProtocolError(
                 f"conn {self.conn_id}: client segment {ev.ident} without its payload bytes"
             )
+        if type(p) is not bytes and not (type(p) is memoryview and p.readonly):
+            p = bytes(p)  # a read-only view (SSW's, into a received datagram) is kept as is
         self._emit(
             Log(
                 InSegment(
@@ -615,7 +621,7 @@ class Connection:
                     fin=bool(ev.flags & FIN),
                     ts_val=ev.ts_val,
                     ts_ecr=ev.ts_ecr,
-                    payload=bytes(ev.payload),
+                    payload=p,
                 )
             )
         )
@@ -1111,7 +1117,8 @@ class Connection:
         ack = self._kernel_view_ack(self.server_seq)
         self.kernel_una = seq.max_(self.kernel_una, ack)
         ts_ecr = self._n_tsval
-        for sq, chunk in plan.instream_chunks(self._inj_next, self.right_edge, self._kmss):
+        size = max(self._kmss, self.refill_chunk or 0)
+        for sq, chunk in plan.instream_chunks(self._inj_next, self.right_edge, size):
             self._emit(
                 Fabricate(
                     Direction.TO_SERVER,

@@ -29,7 +29,11 @@ answered before the agent acks the shim.
 ``<wall time> <conn_id> <client ip> <client port> <ack_limit>`` whenever a
 connection's ack limit is set or advances, written before any segment
 carrying that ack can be released: a client-side capture can be checked
-against it (invariant 1).
+against it (invariant 1). Other events share the file, with a word in place of
+the ack limit (each written before the segments it allows can be released):
+``... hs`` the handshake record is durable (invariant 2), ``... rlog <bytes>``
+the conn's read results are durable up to `<bytes>` read in all (invariant 3),
+``... close <how>`` NSW reported a shutdown/close (invariant 4).
 """
 
 from __future__ import annotations
@@ -116,6 +120,7 @@ class Conn:
     server_fin: bool = False
     accepted: bool = False  # the application accept()ed it (NSW said so)
     last_limit: int | None = None
+    read_logged: int = 0  # ack trace only: bytes read with the read results durable
 
 
 class Engine:
@@ -162,15 +167,23 @@ class Engine:
         self._reads: collections.deque[tuple[int, int | None]] = collections.deque()
         self._next_log_order = 0
         self._logged_next = 0  # logger: every read order < this is durable
+        # ack trace only: (logger order, conn, bytes read) of reads not yet durable
+        self._trace_reads: collections.deque[tuple[int, Conn, int]] = collections.deque()
         self._waiting: dict[int, asyncio.Future[None]] = {}  # close idents blocked
         self._close_ids = itertools.count(1)
         self.on_recovery_needed: Callable[[int, str], None] | None = None
         self.fatal: BaseException | None = None
+        # recovery hooks (ftcp.recovery): while `syn_gate` is a list, new client SYNs wait
+        # in it (held, not refused); `app_alive` tells a dying application's RSTs apart
+        self.syn_gate: list[QueuedPacket] | None = None
+        self.app_alive: Callable[[], bool] | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop or asyncio.get_running_loop()
+        if hasattr(self.queue, "zero_copy"):
+            self.queue.zero_copy = True  # payloads as views: logged without another copy
         self._loop.add_reader(self.queue.fileno(), self._on_queue)
 
     def stop(self) -> None:
@@ -220,7 +233,9 @@ class Engine:
             self._drop_raw(p.id)
             return
         try:
-            pkt = TcpPacket.parse(p.payload, csum_partial=p.csum_partial)
+            # a read-only view where the queue handed the bytes over (no copy): only a
+            # segment that must change is copied (`_writable`)
+            pkt = TcpPacket.parse(p.payload, csum_partial=p.csum_partial, copy=False)
         except PacketError as e:
             st.parse_errors += 1
             log.debug("ssw: unparsable packet %d dropped: %s", p.id, e)
@@ -240,6 +255,9 @@ class Engine:
             and pkt.dport == self.port
             and (c is None or c.core.state is State.CLOSED)
         ):
+            if self.syn_gate is not None:  # recovering: the SYN waits (ftcp.recovery)
+                self.syn_gate.append(p)
+                return
             c = self._new_conn(key, pkt, now)
         if c is None:
             st.unknown += 1
@@ -262,13 +280,18 @@ class Engine:
             plen = pkt.payload_len
             ev = ClientSegment(
                 p.id, now, pkt.seq, pkt.ack, flags, pkt.window, plen,
-                bytes(pkt.payload) if plen else b"", opts, ts_val, ts_ecr, sack,
+                pkt.payload if plen else b"", opts, ts_val, ts_ecr, sack,
             )  # fmt: skip
             if flags & FIN:
                 c.client_fin = True
         else:
             st.server_segments += 1
-            if flags & RST and not c.accepted and c.core.state is State.ESTABLISHED:
+            if (
+                flags & RST
+                and not c.accepted
+                and c.core.state is State.ESTABLISHED
+                and (self.app_alive is None or self.app_alive())
+            ):
                 self._reset_unaccepted(c, p, pkt, now)
                 return
             ev = ServerSegment(
@@ -298,6 +321,7 @@ class Engine:
         from a dying process, as it is not told about accepts.)"""
         core = c.core
         log.info("ssw: conn %d: reset by the server TCP before accept", core.conn_id)
+        pkt = _writable(pkt, p.csum_partial)
         if pkt.flags & ACK:
             lim = core.ack_limit
             if seq.gt(pkt.ack, lim):
@@ -341,8 +365,8 @@ class Engine:
             self.stats.errors += 1
             log.error("ssw: conn %d: %s (%s)", c.core.conn_id, e, type(ev).__name__)
             return None
+        self._trace_limit(c)  # before the actions: a fabricated ack leaves at once
         self._carry_out(c, actions)
-        self._trace_limit(c)
         return actions
 
     def _carry_out(self, c: Conn, actions: list[Action]) -> None:
@@ -382,11 +406,12 @@ class Engine:
         if entry is None:
             log.error("ssw: deliver of unknown packet %d", ident)
             return
-        _, pkt = entry
-        if rw is None:
+        p, pkt = entry
+        if rw is None:  # unchanged: no payload, the kernel finishes a partial checksum
             self.queue.accept(ident)
             return
         try:
+            pkt = _writable(pkt, p.csum_partial)
             apply_rewrite(pkt, rw)
         except (ValueError, FtcpError) as e:
             log.error("ssw: cannot rewrite packet %d (%s): dropped", ident, e)
@@ -464,6 +489,22 @@ class Engine:
             ip, port = core.client
             self.ack_trace.write(f"{time.time():.6f} {core.conn_id} {ip} {port} {lim}\n")
 
+    def _trace_event(self, c: Conn, what: str) -> None:
+        if self.ack_trace is not None:
+            ip, port = c.core.client
+            self.ack_trace.write(f"{time.time():.6f} {c.core.conn_id} {ip} {port} {what}\n")
+
+    def _trace_logged_reads(self, next_order: int) -> None:
+        """Trace the bytes each conn has read with its read results durable (`rlog`)."""
+        reads = self._trace_reads
+        touched: dict[int, Conn] = {}
+        while reads and reads[0][0] < next_order:
+            _, c, n = reads.popleft()
+            c.read_logged += n
+            touched[c.core.conn_id] = c
+        for c in touched.values():
+            self._trace_event(c, f"rlog {c.read_logged}")
+
     # ---------------------------------------------------------------- lifecycle
 
     def _finish(self, c: Conn, now: float) -> None:
@@ -538,6 +579,7 @@ class Engine:
             if t is wire.HandshakeAck:
                 c = self.by_id.get(a.conn_id)  # type: ignore[union-attr]
                 if c is not None:
+                    self._trace_event(c, "hs")
                     self._feed(c, LoggerAck(now, handshake=True))
             elif t is wire.StreamAck:
                 streams[a.conn_id] = (a.stable_seq, a.ack_limit)  # type: ignore[union-attr]
@@ -559,6 +601,8 @@ class Engine:
             log_order = self._next_log_order
             self._next_log_order += 1
             r = ReadResult(conn_id, log_order, ReadKind(int(kind)), value)
+            if self.ack_trace is not None:
+                self._trace_reads.append((log_order, c, value if r.kind is ReadKind.DATA else 0))
             self._feed(c, ReadReported(now, r))
         else:
             log.debug("ssw: read on unprotected conn %d (order %d) not logged", conn_id, order)
@@ -571,6 +615,8 @@ class Engine:
         if next_order <= self._logged_next:
             return
         self._logged_next = next_order
+        if self._trace_reads:
+            self._trace_logged_reads(next_order)
         for c in self.conns.values():
             if c.core.unstable_reads:
                 self._feed(c, ReadLogged(now, next_order - 1))
@@ -611,6 +657,7 @@ class Engine:
         self._waiting[ident] = fut
         if how == How.CLOSE:
             c.app_closed = True
+        self._trace_event(c, f"close {How(how).name}")
         done = self._feed(c, CloseRequest(self._now(), ident, CloseHow(int(how))))
         self._schedule_flush()
         if done is None:  # the core refused it (no live connection): nothing to wait for
@@ -618,6 +665,22 @@ class Engine:
             return
         if ident in self._waiting:
             await fut
+
+    # ------------------------------------------------- recovery hooks (ftcp.recovery)
+
+    def feed(self, c: Conn, ev: Input) -> list[Action] | None:
+        """Feed one supervisor input (`ProcessDied`, `Rebuild`, ...) and flush."""
+        actions = self._feed(c, ev)
+        self._after_batch()
+        return actions
+
+    def release_syns(self) -> None:
+        """Recovery is over: the SYNs held in `syn_gate` go on, in arrival order."""
+        held, self.syn_gate = self.syn_gate or [], None
+        now = self._now()
+        for p in held:
+            self._packet(p, now)
+        self._after_batch()
 
     def snapshot(self) -> list[dict[str, object]]:
         """Protected connections, for `ftcp status`."""
@@ -636,6 +699,13 @@ class Engine:
                 }
             )
         return out
+
+
+def _writable(pkt: TcpPacket, csum_partial: bool) -> TcpPacket:
+    """`pkt` itself if it owns a mutable buffer, else a parsed copy that does."""
+    if type(pkt.buf) is bytearray:
+        return pkt
+    return TcpPacket.parse(bytearray(pkt.buf[: pkt.total_len]), csum_partial=csum_partial)
 
 
 def apply_rewrite(pkt: TcpPacket, rw: Rewrite) -> None:

@@ -1,0 +1,487 @@
+"""Supervisor-side recovery after a process crash (DESIGN.md "Recovery after a process crash").
+
+`Recovery` is what `ftcp run` does when the application dies from a signal:
+
+1. *detect*: the supervisor's wait on the child returns; every live protected
+   connection gets `ProcessDied` (the core enters CRASHED: nothing the dead
+   connection emits reaches the client, closed-window acks keep the client in
+   step); the agent still holds a duplicate of every accepted socket, so the
+   death itself emitted no FIN/RST. New SYNs to the port wait in the engine's
+   `syn_gate` until recovery ends (held, not refused);
+2. *sync*: every record sent before the crash is acknowledged by the logger,
+   then `recover()` returns the logs; one `RecoveryPlan` per crashed
+   connection (`plan_recovery` with the engine's own hints: newest client ack,
+   last TSval sent);
+3. *restart*: the application is started again (at most `max_restarts` times
+   in a row, with a doubling back-off after the first); past that, recovery
+   gives up: each crashed client gets a reset, loudly, and `ftcp run` exits;
+4. *rebuild*: once the new process listens, in the original accept order,
+   the held duplicate is closed silently (TCP_REPAIR: frees the 4-tuple) and
+   the core is fed `Rebuild(plan)`: fabricated SYN, captured SYN-ACK, third
+   ack, paced refill of the logged instream;
+5. *replay*: the application's accept of a rebuilt connection is answered
+   with `Replay(reads, discard)`; the shim serves the logged read results and
+   swallows the first `discard` output bytes; its REPLAY_DONE mark becomes
+   `ReplayDone` (the core translates seq/ack/SACK/TS/window from the rebuild on);
+6. *resume*: when no connection is restarting any more, the held SYNs go on.
+
+A death during recovery starts it again from the log (the rebuild task of the
+previous attempt is cancelled; connections already rebuilt crash again).
+
+Divergence: the shim reports the running CRC of the regenerated outstream at
+each replayed read and when replay ends; it is compared with what the same
+application reported at the same read before the crash. A mismatch is logged
+with connection and byte offset, counted, shown by `ftcp status`, and handled
+by `on_divergence` (`continue` or `close`: reset the client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftcp.core.conn import State
+from ftcp.core.events import Finish, ProcessDied, Rebuild, ReplayDone
+from ftcp.core.packet import ACK, RST, build_tcp
+from ftcp.core.replay import RecoveryPlan, plan_recovery, recovery_order
+from ftcp.nsw.agent import AcceptInfo, Agent, Decision, Replay, SessionInfo
+from ftcp.nsw.proto import How, Kind, MarkReason, MismatchCode
+from ftcp.ssw.engine import AgentBridge, Conn, Engine
+
+log = logging.getLogger("ftcp.recovery")
+
+_RESTARTING = (State.CRASHED, State.REPLAY_SYN_SENT, State.REPLAYING)
+LISTEN_POLL = 0.001
+REFILL_CHUNK = 60000  # refill segments go over loopback (MTU 64 KiB): fewer, larger
+STABLE_AFTER = 10.0  # a process that lived this long resets the restart count
+
+
+def listening(port: int) -> bool:
+    """A TCP socket in LISTEN on `port` exists in this network namespace."""
+    want = f":{port:04X}"
+    for name in ("tcp", "tcp6"):
+        try:
+            text = Path(f"/proc/net/{name}").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines()[1:]:
+            f = line.split()
+            if len(f) > 3 and f[3] == "0A" and f[1].endswith(want):
+                return True
+    return False
+
+
+def process_alive(pid: int) -> bool:
+    """Running and not exiting (a dying process's sockets are closing)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat[stat.rfind(")") + 2 :].split()
+    pf_exiting = 0x4
+    return fields[0] not in ("Z", "X") and not int(fields[6]) & pf_exiting
+
+
+@dataclass(slots=True)
+class Timing:
+    """One recovery, in loop seconds (for `ftcp bench recovery` and the status file)."""
+
+    died: float
+    detected: float = 0.0
+    synced: float = 0.0  # every record sent before the crash is acknowledged
+    fetched: float = 0.0  # the logs are back from the logger
+    planned: float = 0.0
+    spawned: float = 0.0
+    listening: float = 0.0
+    rebuilt: dict[int, float] = field(default_factory=dict)  # conn id -> kernel conn rebuilt
+    replayed: dict[int, float] = field(default_factory=dict)  # conn id -> replay done
+    done: float | None = None
+    logged_bytes: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        last = max(self.rebuilt.values(), default=None)
+        restart = replay = None
+        if last is not None:
+            # death -> rebuilt kernel connection, minus the application's own start-up and
+            # the log transfer (that is replay's, as in the paper's Table V)
+            fetch = self.fetched - self.synced
+            restart = (
+                (self.planned - self.died) - fetch + (last - max(self.listening, self.planned))
+            )
+            if self.replayed:
+                replay = fetch + max(self.replayed.values()) - last
+        return {
+            "detect_s": self.detected - self.died,
+            "sync_s": self.synced - self.died,
+            "fetch_s": self.fetched - self.synced,
+            "startup_s": self.listening - self.spawned if self.listening else None,
+            "restart_s": restart,
+            "replay_s": replay,
+            "total_s": None if self.done is None else self.done - self.died,
+            "logged_bytes": self.logged_bytes,
+            "conns": len(self.rebuilt),
+        }
+
+
+@dataclass(slots=True)
+class DivergenceReport:
+    conn_id: int
+    offset: int
+    detail: str
+
+
+class Recovery:
+    """Drives recovery for one `ftcp run` (see the module docstring)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        agent: Agent,
+        client: Any,  # LoggerClient
+        *,
+        port: int,
+        spawn: Callable[[], Awaitable[asyncio.subprocess.Process]],
+        max_restarts: int = 5,
+        backoff: float = 0.05,
+        on_divergence: str = "continue",
+        sync_timeout: float = 10.0,
+        restore: str = "handshake",
+    ) -> None:
+        self.engine = engine
+        self.agent = agent
+        self.client = client
+        self.port = port
+        self.spawn = spawn
+        self.max_restarts = max_restarts
+        self.backoff = backoff
+        self.on_divergence = on_divergence
+        self.sync_timeout = sync_timeout
+        self.restore = restore
+        self.plans: dict[int, RecoveryPlan] = {}
+        self.crashes = 0
+        self.recoveries = 0
+        self.restarts_in_row = 0
+        self.gave_up = False
+        self.divergences: list[DivergenceReport] = []
+        self.timings: list[Timing] = []
+        self.pid: int | None = None
+        self._started_at = 0.0
+        self._task: asyncio.Task[None] | None = None
+        # divergence: conn id -> {output bytes written: their CRC-32C}, before the crash
+        self._marks: dict[int, dict[int, int]] = {}
+        self._diverged: set[int] = set()  # conns reported in this incarnation
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def active(self) -> bool:
+        """A recovery is under way (SYNs are held)."""
+        return self.engine.syn_gate is not None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "crashes": self.crashes,
+            "recoveries": self.recoveries,
+            "recovering": self.active,
+            "gave_up": self.gave_up,
+            "divergences": len(self.divergences),
+            "divergence_list": [
+                {"conn_id": d.conn_id, "offset": d.offset, "detail": d.detail}
+                for d in self.divergences[-10:]
+            ],
+            "last": self.timings[-1].as_dict() if self.timings else None,
+        }
+
+    def started(self, proc: asyncio.subprocess.Process) -> None:
+        """The application (first incarnation or a restart) is running."""
+        self.pid = proc.pid
+        self._started_at = self._now()
+        self.engine.app_alive = self._app_alive
+
+    def close(self) -> None:
+        """Stop any rebuild under way (the run is ending)."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def _app_alive(self) -> bool:
+        return self.pid is not None and process_alive(self.pid)
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    # ------------------------------------------------------------- the crash
+
+    async def on_death(self, rc: int) -> asyncio.subprocess.Process | None:
+        """The application died from a signal: recover; the new process, or None (gave up)."""
+        now = self._now()
+        t = Timing(died=now, detected=now)
+        self.crashes += 1
+        self.pid = None
+        if now - self._started_at > STABLE_AFTER:
+            self.restarts_in_row = 0
+        eng = self.engine
+        if eng.syn_gate is None:
+            eng.syn_gate = []
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        for c in list(eng.conns.values()):
+            c.accepted = False
+            if c.finished_at is None and c.core.state is not State.CLOSED:
+                eng.feed(c, ProcessDied(now))
+        crashed = [c for c in eng.conns.values() if c.core.state is State.CRASHED]
+        print(
+            f"ftcp run: the application died from signal {_signame(rc)}; recovering "
+            f"{len(crashed)} connection(s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        if self.restarts_in_row >= self.max_restarts:
+            self.give_up(f"it died {self.restarts_in_row + 1} times in a row")
+            return None
+        delay = 0.0 if self.restarts_in_row == 0 else self.backoff * 2 ** (self.restarts_in_row - 1)
+        self.restarts_in_row += 1
+        try:
+            await self._plan(crashed, t)
+        except Exception as e:  # no log, no recovery
+            log.exception("recovery: cannot plan")
+            self.give_up(f"cannot read the log back: {e}")
+            return None
+        if delay:
+            await asyncio.sleep(delay)
+        t.spawned = self._now()
+        proc = await self.spawn()
+        self.started(proc)
+        self.timings.append(t)
+        self._task = asyncio.ensure_future(self._rebuild(proc, t))
+        return proc
+
+    async def _plan(self, crashed: list[Conn], t: Timing) -> None:
+        eng, client = self.engine, self.client
+        eng._send_logs()  # noqa: SLF001 - the records the crash produced
+        await asyncio.wait_for(client.wait_batch(client.batch), self.sync_timeout)
+        t.synced = self._now()
+        want = {c.core.conn_id: c for c in crashed}
+        logs = await asyncio.wait_for(client.recover(), self.sync_timeout)
+        now = t.fetched = self._now()
+        plans: dict[int, RecoveryPlan] = {}
+        for lg in recovery_order([lg for lg in logs if lg.handshake.conn_id in want]):
+            c = want[lg.handshake.conn_id]
+            plan = plan_recovery(lg, **c.core.recovery_hints(now))  # type: ignore[arg-type]
+            plans[plan.conn_id] = plan
+            t.logged_bytes += len(plan.instream)
+        missing = set(want) - set(plans)
+        for cid in missing:  # nothing logged: cannot be rebuilt (cannot happen after ESTABLISHED)
+            log.error("recovery: conn %d has no log; resetting it", cid)
+            self._reset_client(want[cid])
+        self.plans = plans
+        self._diverged = set()
+        t.planned = self._now()
+
+    async def _rebuild(self, proc: asyncio.subprocess.Process, t: Timing) -> None:
+        eng = self.engine
+        try:
+            while not listening(self.port):
+                if proc.returncode is not None:
+                    return
+                await asyncio.sleep(LISTEN_POLL)
+            t.listening = self._now()
+            for cid, plan in list(self.plans.items()):
+                c = eng.by_id.get(cid)
+                if c is None or c.core.state is not State.CRASHED:
+                    continue
+                self.agent.drop(cid, silent=True)
+                c.core.refill_chunk = REFILL_CHUNK
+                eng.feed(c, Rebuild(self._now(), plan))
+                while c.core.state is State.REPLAY_SYN_SENT and proc.returncode is None:
+                    await asyncio.sleep(0.0005)
+                if c.core.state is State.CRASHED or proc.returncode is not None:
+                    return
+                t.rebuilt[cid] = self._now()
+            while any(c.core.state in _RESTARTING for c in eng.conns.values()):
+                if proc.returncode is not None:
+                    return
+                await asyncio.sleep(0.002)
+            t.done = self._now()
+            self.recoveries += 1
+            eng.release_syns()
+            last = t.as_dict()
+            timing_file = os.environ.get("FTCP_RECOVERY_TIMING")  # `ftcp bench recovery`
+            if timing_file:
+                with contextlib.suppress(OSError), open(timing_file, "a") as f:
+                    f.write(json.dumps(last) + "\n")
+            print(
+                f"ftcp run: recovered {len(t.rebuilt)} connection(s) in "
+                f"{1000 * (t.done - t.died):.1f} ms (restart {_ms(last['restart_s'])}, "
+                f"replay {_ms(last['replay_s'])}, app start-up {_ms(last['startup_s'])})",
+                file=sys.stderr,
+                flush=True,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("recovery: rebuild failed")
+
+    def replay_done(self, conn_id: int) -> None:
+        c = self.engine.by_id.get(conn_id)
+        if c is None or c.core.state is not State.REPLAYING:
+            return
+        self.engine.feed(c, ReplayDone(self._now()))
+        if self.timings:
+            self.timings[-1].replayed[conn_id] = self._now()
+
+    # -------------------------------------------------------------- giving up
+
+    def give_up(self, why: str) -> None:
+        """No more restarts: every crashed client is reset (it would wait forever)."""
+        self.gave_up = True
+        eng = self.engine
+        n = 0
+        for c in list(eng.conns.values()):
+            if c.core.state in _RESTARTING:
+                self._reset_client(c)
+                n += 1
+        eng.release_syns()
+        print(
+            f"ftcp run: giving up recovery ({why}); {n} connection(s) reset",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _reset_client(self, c: Conn) -> None:
+        core = c.core
+        cip, cport, sip, sport = c.key
+        try:
+            raw = build_tcp(
+                sip, cip, sport, cport, core.snd_nxt, core.ack_limit, RST | ACK, 0, b"", b""
+            )
+            self.engine.injector.send(raw)
+        except (OSError, ValueError) as e:
+            log.error("recovery: conn %d: cannot reset the client: %s", core.conn_id, e)
+        self.agent.drop(core.conn_id, silent=True)
+        self.engine.feed(c, Finish(self._now()))
+
+    # ------------------------------------------------------------- divergence
+
+    def note_mark(self, conn_id: int, wtotal: int, wcrc: int) -> None:
+        """The application had written `wtotal` bytes with CRC `wcrc` (live, before a crash)."""
+        if wtotal:
+            self._marks.setdefault(conn_id, {})[wtotal] = wcrc
+
+    def check_mark(self, conn_id: int, wtotal: int, wcrc: int, where: str) -> None:
+        """The replayed application has written `wtotal` bytes with CRC `wcrc`: where the
+        same prefix was checksummed before the crash, the two must agree (the outstream
+        is compared at equal byte offsets, so a server's threads may interleave reads and
+        writes differently from one run to the next)."""
+        want = self._marks.get(conn_id, {}).get(wtotal)
+        if want is None or want == wcrc or conn_id in self._diverged:
+            return
+        self._diverged.add(conn_id)
+        self.diverged(
+            conn_id,
+            wtotal,
+            f"{where}: the first {wtotal} output bytes have crc {wcrc:#010x}, "
+            f"before the crash {want:#010x}",
+        )
+
+    def diverged(self, conn_id: int, offset: int, detail: str) -> None:
+        d = DivergenceReport(conn_id, offset, detail)
+        self.divergences.append(d)
+        print(
+            f"ftcp run: DIVERGENCE on connection {conn_id} at outstream byte {offset}: "
+            f"{detail} (policy: {self.on_divergence})",
+            file=sys.stderr,
+            flush=True,
+        )
+        if self.on_divergence == "close":
+            c = self.engine.by_id.get(conn_id)
+            if c is not None and c.core.state is not State.CLOSED:
+                self._reset_client(c)
+
+
+def _signame(rc: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(-rc).name
+    except ValueError:
+        return str(-rc)
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{1000 * v:.1f} ms"
+
+
+class RecoveryBridge(AgentBridge):
+    """The NSW agent's handler with recovery: replay on accept, replay-done, divergence."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.recovery: Recovery | None = None
+
+    def on_accept(self, info: AcceptInfo) -> Decision:
+        rec = self.recovery
+        if rec is not None and rec.plans:
+            try:
+                cip = socket.inet_aton(info.remote[0])
+                sip = socket.inet_aton(info.local[0])
+            except OSError:
+                cip = sip = b""
+            c = self.engine.conns.get((cip, info.remote[1], sip, info.local[1]))
+            if c is not None:
+                plan = rec.plans.get(c.core.conn_id)
+                if plan is not None and c.core.state in (State.REPLAYING, State.REPLAY_SYN_SENT):
+                    c.accepted = True
+                    return Replay(
+                        reads=[(Kind(int(r.kind)), r.length) for r in plan.reads],
+                        discard=plan.discard,
+                        conn_id=plan.conn_id,
+                    )
+        return super().on_accept(info)
+
+    def on_read(
+        self, conn_id: int, order: int, kind: Kind, value: int, wtotal: int, wcrc: int
+    ) -> None:
+        if self.recovery is not None:
+            self.recovery.note_mark(conn_id, wtotal, wcrc)
+        self.engine.on_read(conn_id, order, kind, value)
+
+    def on_replay_read(
+        self, conn_id: int, index: int, kind: Kind, value: int, wtotal: int, wcrc: int
+    ) -> None:
+        if self.recovery is not None:
+            self.recovery.check_mark(conn_id, wtotal, wcrc, f"replayed read {index}")
+
+    def on_write_mark(self, conn_id: int, total: int, crc: int, reason: MarkReason) -> None:
+        if self.recovery is None:
+            return
+        self.recovery.check_mark(conn_id, total, crc, f"replay {reason.name.lower()}")
+        if reason == MarkReason.REPLAY_DONE:
+            self.recovery.replay_done(conn_id)
+
+    def on_close(self, conn_id: int, how: How, wtotal: int, wcrc: int) -> Awaitable[None]:
+        if self.recovery is not None:
+            self.recovery.note_mark(conn_id, wtotal, wcrc)
+        return super().on_close(conn_id, how, wtotal, wcrc)
+
+    def on_mismatch(self, conn_id: int, index: int, code: MismatchCode, value: int) -> None:
+        if self.recovery is not None:
+            self.recovery.diverged(
+                conn_id, -1, f"read {index} could not be replayed ({code.name}, {value})"
+            )
+
+    def on_session_end(self, session: SessionInfo, orphans: list[int]) -> None:
+        if orphans:
+            log.info("nsw: process %d ended holding connections %s", session.pid, orphans)

@@ -1,0 +1,29 @@
+"""Recovery fixtures: the integration helpers, and one `unshaped` lab with a logger."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ftcp.lab.pytest_fixtures import lab_factory, module_lab_factory
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "integration"))
+
+from ithelpers import Env, start_env  # noqa: E402
+
+__all__ = ["lab_factory", "module_lab_factory", "unshaped"]
+
+
+@pytest.fixture(scope="module")
+def unshaped(module_lab_factory, tmp_path_factory) -> Iterator[Env]:  # type: ignore[no-untyped-def]
+    """An `unshaped` lab with a logger running in its logger host (module-wide)."""
+    lab = module_lab_factory("unshaped")
+    env = start_env(lab, tmp_path_factory.mktemp("rec"))
+    try:
+        yield env
+    finally:
+        env.close()
