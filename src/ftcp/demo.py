@@ -46,7 +46,7 @@ KILL_AT = (0.3, 0.65)  # fractions of the download at which the server is killed
 class _State:
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
-        self.events: list[str] = []
+        self.events: list[Text] = []
         self.lock = threading.Lock()
         self.last_rx = time.monotonic()
         self.last_rx_bytes = 0
@@ -54,9 +54,9 @@ class _State:
         self.stalls: list[float] = []
         self.recovered = 0
 
-    def event(self, msg: str) -> None:
+    def event(self, msg: str, style: str = "") -> None:
         with self.lock:
-            self.events.append(f"{time.strftime('%H:%M:%S')}  {msg}")
+            self.events.append(Text(f"{time.strftime('%H:%M:%S')}  {msg}", style=style))
 
 
 def _table(topology: str, st: _State, nbytes: int) -> Group:
@@ -74,11 +74,12 @@ def _table(topology: str, st: _State, nbytes: int) -> Group:
             f"{r.get('t', 0.0):5.1f} s",
         )
     stall = time.monotonic() - st.last_rx
-    status = Text("client: receiving", style="green")
+    done = st.rows.get("client", {}).get("kind") == "done"
+    status = Text("client: done" if done else "client: receiving", style="green")
     if stall > 0.3 and st.rows.get("client", {}).get("kind") != "done":
         status = Text(f"client: stalled {stall:4.1f} s (server down, connection held)", "yellow")
     with st.lock:
-        events = [Text(e) for e in st.events[-8:]]
+        events = st.events[-8:]
     return Group(t, status, *events)
 
 
@@ -109,11 +110,11 @@ def _read_ftcp(p: subprocess.Popen, st: _State, log: Path) -> None:
             f.flush()
             if line.startswith("ftcp run: recovered"):
                 st.recovered += 1
-                st.event(f"[ftcp] {line[len('ftcp run: ') :].strip()}")
+                st.event(f"[ftcp] {line[len('ftcp run: ') :].strip()}", style="green")
             elif line.startswith("ftcp run: the application died"):
-                st.event(f"[ftcp] {line[len('ftcp run: ') :].strip()}")
+                st.event(f"[ftcp] {line[len('ftcp run: ') :].strip()}", style="yellow")
             elif "giving up" in line or "DIVERGENCE" in line or "Traceback" in line:
-                st.event(f"[ftcp] {line.strip()}")
+                st.event(f"[ftcp] {line.strip()}", style="bold red")
 
 
 def _children(pid: int) -> list[int]:
@@ -193,8 +194,9 @@ def run_demo(name: str, nbytes: int = NBYTES, topology: str = TOPOLOGY) -> int:
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(pid, signal.SIGKILL)
                     st.event(
-                        f"[red]kill -9[/red] of the server (pid {kids[0] if kids else '?'}) "
-                        f"at {got / 2**20:.2f} MiB received by the client"
+                        f"kill -9 of the server (pid {kids[0] if kids else '?'}) "
+                        f"at {got / 2**20:.2f} MiB received by the client",
+                        style="bold red",
                     )
                 live.update(_table(topology, st, nbytes))
                 time.sleep(0.05)
@@ -203,6 +205,7 @@ def run_demo(name: str, nbytes: int = NBYTES, topology: str = TOPOLOGY) -> int:
             while st.rows.get("server", {}).get("kind") != "done" and time.monotonic() < end:
                 time.sleep(0.05)
             live.update(_table(topology, st, nbytes))
+        console.print()
         c, s = st.rows.get("client", {}), st.rows.get("server", {})
         ok = (
             c.get("kind") == "done"
