@@ -277,8 +277,8 @@ def test_failed_up_tears_down(monkeypatch: pytest.MonkeyPatch) -> None:
     name = unique_lab_name()
     real = topology.tbf_argv
 
-    def broken(ns: str, dev: str, rate: int, burst: int | None = None) -> list[str]:
-        return [*real(ns, dev, rate, burst)[:8], "nosuchqdisc"]
+    def broken(ns: str, dev: str, rate: int, burst: int | None = None, **kw: bool) -> list[str]:
+        return [*real(ns, dev, rate, burst, **kw)[:8], "nosuchqdisc"]
 
     monkeypatch.setattr(topology, "tbf_argv", broken)
     with pytest.raises(UserError) as e:

@@ -11,6 +11,7 @@ from ftcp.cli import main
 from ftcp.errors import UserError
 from ftcp.lab import net
 from ftcp.lab.topology import (
+    HOST_TXQUEUE_FRAMES,
     HZ,
     LAB_NET,
     MAX_FRAME,
@@ -18,6 +19,7 @@ from ftcp.lab.topology import (
     TOPOLOGIES,
     LabLayout,
     get_topology,
+    host_tbf_limit,
     reachability,
     tbf_argv,
     tbf_burst,
@@ -138,6 +140,30 @@ def test_tbf_parameters(rate: int) -> None:
     assert argv[argv.index("rate") + 1] == f"{rate}bit"
     assert int(argv[argv.index("burst") + 1]) == burst
     assert int(argv[argv.index("limit") + 1]) == limit
+
+
+@pytest.mark.parametrize("rate", [10 * M, 100 * M, 1 * G, 10 * G])
+def test_host_side_queue_is_a_nic_transmit_queue(rate: int) -> None:
+    burst = tbf_burst(rate)
+    limit = host_tbf_limit(rate)
+    assert limit >= tbf_limit(rate)  # never shallower than a switch port
+    assert limit >= burst + HOST_TXQUEUE_FRAMES * MAX_FRAME
+    assert int(tbf_argv("n", "d", rate, host=True)[-1]) == limit
+    if rate == 10 * M:  # a clean 1 MB upload's ~900 KB window fits: no self-inflicted loss
+        assert limit >= 1_000_000
+
+
+def test_host_end_gets_the_nic_queue_switch_port_the_50ms_queue() -> None:
+    lay = LabLayout("lab", TOPOLOGIES["10-10"])
+    limits = {}
+    for step in lay.bridge_steps():
+        if step.argv[0] == "tc":
+            ns, dev = step.argv[2], step.argv[step.argv.index("dev") + 1]
+            limits[(ns, dev)] = int(step.argv[step.argv.index("limit") + 1])
+    for seg in lay.topology.segments:
+        for h in seg.hosts:
+            assert limits[(lay.netns(h), lay.ifname(h, seg.name))] == host_tbf_limit(10 * M)
+            assert limits[(lay.switch_netns, lay.port_ifname(h, seg.name))] == tbf_limit(10 * M)
 
 
 def _tbf_steps(lay: LabLayout) -> dict[tuple[str, str], int]:

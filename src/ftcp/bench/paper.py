@@ -954,13 +954,16 @@ METHODOLOGY = """\
   tops out at 95.6% of 10 Mbit/s = {ceiling:.1f} KB/s. The paper's 10 Mbit/s
   PCMCIA client reached 1007.69 KB/s. `10-shared` is one userspace hub with one
   10 Mbit/s budget for all frames of all three hosts.
-* **Losses in the lab**: `tbf` queues about 50 ms at the configured rate. Clean's
-  receive window autotunes up to about 900 KB, so the client's slow start can overflow
-  its own 10 Mbit/s queue: those segments are lost before the capture point, appear
-  later out of order ("lost before the capture point" below each table) and the data
-  behind them waits, which lowers Clean's throughput and R² and raises its latency in
-  some runs. The paper's Ethernet had no such queue. A configuration whose window stays
-  smaller (Clean64k, or a protected one if its window is capped) does not overflow it.
+* **Queues in the lab** (`ftcp.lab.topology`): a host's own `tbf` stands for its NIC
+  and holds a default transmit queue (1000 frames), so a sender is held back there,
+  not made to lose frames, as on a real 10 Mbit/s NIC; a switch port queues about
+  50 ms. (With a 50 ms host queue, Clean's ~900 KB autotuned window overflowed the
+  client's own queue in slow start and a third of its runs stalled.) `10-shared`'s hub
+  has one shared ~50 ms queue and no host-side queue: a sender that outruns it loses
+  frames there (after the client's capture point: "retransmitted on the wire").
+* **Receive windows**: under `ftcp run` the server kernel's receive buffer does not
+  autotune past its initial size (window ~80 KB): the kernel's own choice, passed to
+  the client unchanged (see the report in `docs/benchmarks/paper/`).
 """
 
 

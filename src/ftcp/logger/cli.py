@@ -105,6 +105,13 @@ async def _serve(cfg: LoggerConfig) -> None:
     show_default=True,
     help="Seconds between retries after a store write error.",
 )
+@click.option(
+    "--nagle/--no-nagle",
+    default=True,
+    show_default=True,
+    help="Nagle's algorithm on accepted connections (the ack stream to supervisors); "
+    "off sets TCP_NODELAY (the paper's Table IV).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def logger(
     listen: str,
@@ -116,6 +123,7 @@ def logger(
     auth_timeout: float,
     frame_timeout: float,
     retry_interval: float,
+    nagle: bool,
     verbose: bool,
 ) -> None:
     """Run the logger daemon (durable store for supervisors' records)."""
@@ -142,5 +150,6 @@ def logger(
         auth_timeout=auth_timeout,
         frame_timeout=frame_timeout,
         retry_interval=retry_interval,
+        nagle=nagle,
     )
     asyncio.run(_serve(cfg))

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,10 +55,24 @@ class LoggerConfig:
     frame_timeout: float = 30.0
     retry_interval: float = 1.0
     max_frame: int = wire.DEFAULT_MAX_FRAME
+    nagle: bool = True  # Nagle on accepted connections (the paper's default; Table IV: off)
 
 
 def _name(f: wire.Frame) -> str:
     return "Records" if type(f) is wire.RawRecords else type(f).__name__
+
+
+def set_nagle(transport: asyncio.BaseTransport, on: bool) -> None:
+    """Nagle on (TCP_NODELAY cleared) or off (set) for a TCP transport's socket.
+
+    asyncio sets TCP_NODELAY on every TCP transport before `connection_made`,
+    so Nagle on means clearing it here.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0 if on else 1)
 
 
 class Peer(asyncio.Protocol):
@@ -87,6 +102,7 @@ class Peer(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        set_nagle(transport, self.cfg.nagle)
         peer = transport.get_extra_info("peername")
         self.name = f"{peer[0]}:{peer[1]}" if peer else "?"
         loop = asyncio.get_running_loop()
@@ -250,6 +266,8 @@ class Peer(asyncio.Protocol):
         mac = wire.auth_mac(secret, b"S", h.role, h.flags, h.app_id, h.nonce, self.nonce)
         self.send(wire.AuthOk(mac))
         log.info("peer %s authenticated as %s of %r", self.name, h.role.name.lower(), h.app_id)
+        if h.flags & wire.HELLO_RESUME and h.role == wire.Role.SUPERVISOR:
+            self._spawn(self._resync())
 
     def _records(self, f: wire.RawRecords) -> None:
         h = self.hello
@@ -324,6 +342,7 @@ class Peer(asyncio.Protocol):
             return
         acks: list[wire.Ack] = []
         streams: dict[int, tuple[int, int]] = {}
+        finished: list[int] = []
         next_order: int | None = None
         last_batch = 0
         for batch, applied, delete_req in buf:
@@ -332,10 +351,8 @@ class Peer(asyncio.Protocol):
                     acks.extend(wire.HandshakeAck(c) for c in applied.handshakes)
                 if applied.streams:
                     streams.update(applied.streams)
-                if applied.finished:
-                    for c in applied.finished:
-                        streams.pop(c, None)
-                    acks.extend(wire.FinishedAck(c) for c in applied.finished)
+                if applied.finished:  # after their last stream watermarks (below)
+                    finished.extend(applied.finished)
                 if applied.next_order is not None:
                     next_order = applied.next_order
             if delete_req is not None:
@@ -343,6 +360,7 @@ class Peer(asyncio.Protocol):
             if batch:
                 last_batch = batch
         acks.extend(wire.StreamAck(c, s, lim) for c, (s, lim) in streams.items())
+        acks.extend(wire.FinishedAck(c) for c in finished)
         if next_order is not None:
             acks.append(wire.ReadsAck(next_order))
         if last_batch:
@@ -353,6 +371,31 @@ class Peer(asyncio.Protocol):
         t = asyncio.ensure_future(coro)  # type: ignore[arg-type]
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
+
+    async def _resync(self) -> None:
+        """A supervisor reconnecting (HELLO_RESUME): its watermarks, once all is durable.
+
+        Acks of batches that became durable while the link was down were lost;
+        this frame (handshakes, streams, read order of every live connection)
+        replaces them, and lets the supervisor tell that this logger still holds
+        what it acknowledged before (an empty data dir does not).
+        """
+        try:
+            await self.server.store.barrier()
+            if self.state == "closed" or self.app is None:
+                return
+            st = self.app.state
+            acks: list[wire.Ack] = [wire.HandshakeAck(cid) for cid in st.conns]
+            acks += [
+                wire.StreamAck(cid, c.reasm.stable_seq, c.reasm.ack_limit)
+                for cid, c in st.conns.items()
+            ]
+            acks.append(wire.ReadsAck(st.next_order))
+            self.send(wire.Acks(acks))
+            n = len(st.conns)
+            log.info("peer %s (%s) resumes: %d connection(s)", self.name, self.app_id, n)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
 
     async def _recover(self, req_id: int) -> None:
         try:
