@@ -6,8 +6,10 @@ a 4 MB burst. The engine's counters (read from the status file `ftcp status`
 shows) and a client-side capture must show each strategy's signature:
 
 * Basic: server acks leave at once, clamped (rewritten); nothing held (but the
-  SYN-ACK, in every strategy), nothing fabricated;
-* Lazy: pure acks are held until the logger caught up; nothing fabricated;
+  SYN-ACK, in every strategy), nothing fabricated (but, in every strategy, the
+  ack of the client's FIN once it is logged);
+* Lazy: pure acks are held until the logger caught up; nothing fabricated (but
+  that FIN ack);
 * Eager: an ack is fabricated on logger acknowledgements; nothing held;
 * Conditional: fabricates only when TCP already acked and no packet arrived
   since: some in the paced part, fewer than Eager over the whole exchange.
@@ -25,9 +27,9 @@ from ithelpers import Capture, Env, Protected, check_ack_clamping, server_acks, 
 pytestmark = pytest.mark.root
 
 CLIENT = r"""
-import socket, sys, time
+import socket, struct, sys, time
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
-s.sendall(b"U")
+s.sendall(struct.pack("!cQII", b"U", 0, 0, 0))  # ftcp.bench.normal's header: upload
 for i in range(40):
     s.sendall(bytes([i]) * 2000)
     time.sleep(0.03)
@@ -64,9 +66,10 @@ def test_each_strategy_has_its_own_signature(unshaped: Env) -> None:
     why = {s: (st["held"], st["rewritten"], st["fabricated"], n) for s, (st, n) in got.items()}
     msg = f"(held, rewritten, fabricated, acks on the wire) per strategy: {why}"
     basic, lazy, eager, cond = (got[s][0] for s in ("basic", "lazy", "eager", "conditional"))
-    # `held` counts the SYN-ACK too (every strategy holds it until the handshake is logged)
-    assert basic["held"] == 1 and basic["fabricated"] == 0 and basic["rewritten"] > 0, msg
-    assert lazy["held"] > 10 and lazy["fabricated"] == 0, msg
+    # `held` counts the SYN-ACK too (every strategy holds it until the handshake is logged);
+    # every strategy may fabricate one ack: the ack of the client's FIN once it is logged
+    assert basic["held"] == 1 and basic["fabricated"] <= 1 and basic["rewritten"] > 0, msg
+    assert lazy["held"] > 10 and lazy["fabricated"] <= 1, msg
     assert eager["held"] == 1 and eager["fabricated"] > 0, msg
     assert cond["held"] == 1 and 0 < cond["fabricated"] < eager["fabricated"], msg
     # Lazy's client sees about one ack per held one: far fewer than Basic's clamped stream

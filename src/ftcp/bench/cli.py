@@ -102,31 +102,73 @@ def bench_logger(
     "topologies",
     multiple=True,
     metavar="T",
-    help="Topology (repeatable; default: unshaped and 10-100).",
+    type=click.Choice(["10-10", "10-shared", "10-100", "1g-10g", "unshaped"]),
+    help="Topology (repeatable; default: all five).",
 )
-@click.option("--mb", default=100, show_default=True, help="Megabytes per transfer.")
 @click.option(
     "--ack-strategy",
-    "strategy",
-    default="lazy",
-    show_default=True,
+    "strategies",
+    multiple=True,
     type=click.Choice(["basic", "lazy", "eager", "conditional"]),
+    help="Ack strategy to protect with (repeatable; default: all four).",
 )
-def bench_normal(out_dir: str, topologies: tuple[str, ...], mb: int, strategy: str) -> None:
-    """Clean vs protected throughput, each direction, on lab topologies."""
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="One run per bulk cell, smaller large transfers (8/2 MiB), 1 s request/response.",
+)
+@click.option(
+    "--logger-nagle/--no-logger-nagle",
+    "logger_nagle",
+    default=None,
+    help="Pass --nagle/--no-nagle to the logger (default: the logger's own default).",
+)
+def bench_normal(
+    out_dir: str,
+    topologies: tuple[str, ...],
+    strategies: tuple[str, ...],
+    quick: bool,
+    logger_nagle: bool | None,
+) -> None:
+    """Clean vs protected, per ack strategy: throughput, RTT, acks, request/response."""
     from pathlib import Path
 
-    from ftcp.bench.normal import render, run
+    from ftcp.bench import normal
 
-    doc = run(list(topologies) or ["unshaped", "10-100"], mb << 20, Path(out_dir), strategy)
-    click.echo(render(doc))
+    doc = normal.run(
+        list(dict.fromkeys(topologies)) or list(normal.TOPOLOGIES),
+        list(dict.fromkeys(strategies)) or list(normal.STRATEGIES),
+        Path(out_dir),
+        quick=quick,
+        progress=lambda what: click.echo(f"measuring {what}", err=True),
+        logger_nagle=logger_nagle,
+    )
+    click.echo(normal.render(doc))
     click.echo(f"wrote {Path(out_dir) / 'normal.json'}")
 
 
 @bench.command("recovery")
-def bench_recovery() -> None:
+@click.option("--runs", type=int, default=3, show_default=True, help="Runs per configuration.")
+@click.option("--size", "sizes", type=int, multiple=True, metavar="MB",
+              help="Logged MiB for the bytes sweep (repeatable; default 1 4 16 64).")
+@click.option("--restore", "restores", multiple=True, type=click.Choice(["handshake", "repair"]),
+              help="Restore path(s) to measure (default: handshake).")
+@click.option("--out", "out_dir", default="bench-out", show_default=True,
+              type=click.Path(file_okay=False))
+def bench_recovery(
+    runs: int, sizes: tuple[int, ...], restores: tuple[str, ...], out_dir: str
+) -> None:
     """Restart and replay time after kill -9 (the paper's Table V)."""
-    _not_yet("recovery")
+    import json
+    from pathlib import Path
+
+    from ftcp.bench.recovery import render, run
+
+    doc = run(runs, list(sizes) or [1, 4, 16, 64], list(restores) or ["handshake"])
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "recovery.json").write_text(json.dumps(doc, indent=1))
+    click.echo(render(doc))
+    click.echo(f"wrote {Path(out_dir) / 'recovery.json'}")
 
 
 @bench.command("paper")
