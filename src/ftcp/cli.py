@@ -169,12 +169,33 @@ def status(state_dir: str, as_json: bool) -> None:
             f"port {d['port']} on {d['iface']}: supervisor pid {d['pid']}, app pid "
             f"{d.get('app_pid')}, ack strategy {d['ack_strategy']}, logger {d['logger']} ({ok})"
         )
+        lk = d.get("logger_link")
+        if lk and not lk.get("up"):
+            import time
+
+            since = lk.get("down_since") or time.time()
+            click.echo(
+                f"  logger link: down since {time.strftime('%H:%M:%S', time.localtime(since))}"
+                f" ({time.time() - since:.1f} s): {lk.get('reason')}; "
+                f"{lk.get('reconnect_attempts')} reconnect attempt(s)"
+                f"{'; last: ' + lk['last_error'] if lk.get('last_error') else ''}"
+            )
+            if lk.get("history_lost"):
+                click.echo(f"  logger REFUSED: {lk['history_lost']}")
+        if lk:
+            paused = ", queue intake PAUSED" if lk.get("intake_paused") else ""
+            click.echo(
+                f"  logger buffer: {lk.get('unacked_bytes')} bytes, {lk.get('unacked_records')}"
+                f" record(s) unacknowledged{paused}"
+                f"; {lk.get('reconnects')} reconnect(s) so far"
+            )
         rec = d.get("recovery")
         if rec:
             click.echo(
                 f"  crashes {rec['crashes']}, recoveries {rec['recoveries']}"
                 f"{' (recovering now)' if rec['recovering'] else ''}"
                 f"{', GAVE UP' if rec['gave_up'] else ''}, divergences {rec['divergences']}"
+                f"{', WAITING FOR THE LOGGER' if rec.get('waiting_for_logger') else ''}"
             )
             for dv in rec.get("divergence_list", []):
                 click.echo(

@@ -18,7 +18,15 @@
 4. *rebuild*: once the new process listens, in the original accept order,
    the held duplicate is closed silently (TCP_REPAIR: frees the 4-tuple) and
    the core is fed `Rebuild(plan)`: fabricated SYN, captured SYN-ACK, third
-   ack, paced refill of the logged instream;
+   ack, paced refill of the logged instream; with `--restore repair` the
+   handshake only makes the application's accept return: on that accept (the
+   shim waits for the agent's reply) the very socket the application got is
+   rebuilt in place with TCP_REPAIR (`ftcp.tcprepair`: original sequence
+   numbers, options, window scales, TSval clock, the logged instream in its
+   receive queue) and the core is fed `Repaired` (`delta_seq = 0`: SSW is back
+   to ack clamping only). A repair that fails before touching the socket falls
+   back to the handshake rebuild; one that fails after resets the client; both
+   are reported with the step and errno;
 5. *replay*: the application's accept of a rebuilt connection is answered
    with `Replay(reads, discard)`; the shim serves the logged read results and
    swallows the first `discard` output bytes; its REPLAY_DONE mark becomes
@@ -50,12 +58,13 @@ from pathlib import Path
 from typing import Any
 
 from ftcp.core.conn import State
-from ftcp.core.events import Finish, ProcessDied, Rebuild, ReplayDone
+from ftcp.core.events import Finish, ProcessDied, Rebuild, Repaired, ReplayDone
 from ftcp.core.packet import ACK, RST, build_tcp
 from ftcp.core.replay import RecoveryPlan, plan_recovery, recovery_order
 from ftcp.nsw.agent import AcceptInfo, Agent, Decision, Replay, SessionInfo
 from ftcp.nsw.proto import How, Kind, MarkReason, MismatchCode
 from ftcp.ssw.engine import AgentBridge, Conn, Engine
+from ftcp.tcprepair import RepairError, repair_in_place
 
 log = logging.getLogger("ftcp.recovery")
 
@@ -106,6 +115,9 @@ class Timing:
     replayed: dict[int, float] = field(default_factory=dict)  # conn id -> replay done
     done: float | None = None
     logged_bytes: int = 0
+    restore: str = "handshake"
+    repaired: int = 0  # connections rebuilt with TCP_REPAIR
+    queued_bytes: int = 0  # logged instream put straight into their receive queues
 
     def as_dict(self) -> dict[str, Any]:
         last = max(self.rebuilt.values(), default=None)
@@ -129,6 +141,9 @@ class Timing:
             "total_s": None if self.done is None else self.done - self.died,
             "logged_bytes": self.logged_bytes,
             "conns": len(self.rebuilt),
+            "restore": self.restore,
+            "repaired": self.repaired,
+            "queued_bytes": self.queued_bytes,
         }
 
 
@@ -193,6 +208,7 @@ class Recovery:
             "recoveries": self.recoveries,
             "recovering": self.active,
             "gave_up": self.gave_up,
+            "waiting_for_logger": self.waiting_for_logger,
             "divergences": len(self.divergences),
             "divergence_list": [
                 {"conn_id": d.conn_id, "offset": d.offset, "detail": d.detail}
@@ -224,7 +240,7 @@ class Recovery:
     async def on_death(self, rc: int) -> asyncio.subprocess.Process | None:
         """The application died from a signal: recover; the new process, or None (gave up)."""
         now = self._now()
-        t = Timing(died=now, detected=now)
+        t = Timing(died=now, detected=now, restore=self.restore)
         self.crashes += 1
         self.pid = None
         if now - self._started_at > STABLE_AFTER:
@@ -271,10 +287,10 @@ class Recovery:
     async def _plan(self, crashed: list[Conn], t: Timing) -> None:
         eng, client = self.engine, self.client
         eng._send_logs()  # noqa: SLF001 - the records the crash produced
-        await asyncio.wait_for(client.wait_batch(client.batch), self.sync_timeout)
+        await self._from_logger(lambda: client.wait_batch(client.batch))
         t.synced = self._now()
         want = {c.core.conn_id: c for c in crashed}
-        logs = await asyncio.wait_for(client.recover(), self.sync_timeout)
+        logs = await self._from_logger(client.recover)
         now = t.fetched = self._now()
         plans: dict[int, RecoveryPlan] = {}
         for lg in recovery_order([lg for lg in logs if lg.handshake.conn_id in want]):
@@ -290,6 +306,35 @@ class Recovery:
         self._diverged = set()
         t.planned = self._now()
 
+    # -- logger link (supervisor owner): a recovery waits for a lost logger -------------
+    waiting_for_logger = False
+
+    async def _from_logger(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """`call()` with `sync_timeout`, except while the logger link is down: then wait
+        for it, however long (the log is the only source; never plan without it)."""
+        client = self.client
+        while True:
+            if not getattr(client, "link_up", True):
+                if not self.waiting_for_logger:
+                    print(
+                        "ftcp run: recovery waits for the logger (it needs the log)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                self.waiting_for_logger = True
+                await client.wait_up()
+            try:
+                return await asyncio.wait_for(call(), self.sync_timeout)
+            except (TimeoutError, ConnectionError, OSError):
+                if getattr(client, "link_up", True):
+                    raise
+            except Exception:
+                if getattr(client, "link_up", True) or getattr(client, "closed", None):
+                    raise
+            finally:
+                if getattr(client, "link_up", True):
+                    self.waiting_for_logger = False
+
     async def _rebuild(self, proc: asyncio.subprocess.Process, t: Timing) -> None:
         eng = self.engine
         try:
@@ -304,12 +349,17 @@ class Recovery:
                     continue
                 self.agent.drop(cid, silent=True)
                 c.core.refill_chunk = REFILL_CHUNK
-                eng.feed(c, Rebuild(self._now(), plan))
-                while c.core.state is State.REPLAY_SYN_SENT and proc.returncode is None:
+                eng.feed(c, Rebuild(self._now(), plan, repair=self.restore == "repair"))
+                while (
+                    c.core.state is State.REPLAY_SYN_SENT
+                    and not c.core.awaiting_repair
+                    and proc.returncode is None
+                ):
                     await asyncio.sleep(0.0005)
                 if c.core.state is State.CRASHED or proc.returncode is not None:
                     return
-                t.rebuilt[cid] = self._now()
+                if self.restore != "repair":  # repair: when the accepted socket is repaired
+                    t.rebuilt[cid] = self._now()
             while any(c.core.state in _RESTARTING for c in eng.conns.values()):
                 if proc.returncode is not None:
                     return
@@ -322,8 +372,9 @@ class Recovery:
             if timing_file:
                 with contextlib.suppress(OSError), open(timing_file, "a") as f:
                     f.write(json.dumps(last) + "\n")
+            how = f" ({t.repaired} by TCP_REPAIR)" if self.restore == "repair" else ""
             print(
-                f"ftcp run: recovered {len(t.rebuilt)} connection(s) in "
+                f"ftcp run: recovered {len(t.rebuilt)} connection(s){how} in "
                 f"{1000 * (t.done - t.died):.1f} ms (restart {_ms(last['restart_s'])}, "
                 f"replay {_ms(last['replay_s'])}, app start-up {_ms(last['startup_s'])})",
                 file=sys.stderr,
@@ -333,6 +384,44 @@ class Recovery:
             raise
         except Exception:
             log.exception("recovery: rebuild failed")
+
+    def repair(self, c: Conn, fd: int) -> bool:
+        """`--restore repair`: the application accepted the handshake connection of `c`
+        (socket `fd`): rebuild it in place with TCP_REPAIR. False: the client was reset."""
+        core = c.core
+        now = self._now()
+        try:
+            res = repair_in_place(fd, core.repair_spec(now))
+        except RepairError as e:
+            how = (
+                "the connection is lost; resetting the client"
+                if e.touched
+                else "going on with the handshake rebuild"
+            )
+            print(
+                f"ftcp run: conn {core.conn_id}: {e} (errno {e.errno}); {how}",
+                file=sys.stderr,
+                flush=True,
+            )
+            if e.touched:
+                self._reset_client(c)
+                return False
+            self.engine.feed(c, Repaired(self._now(), ok=False))
+        else:
+            log.info(
+                "conn %d: repaired: %d of %d logged bytes queued, window %d",
+                core.conn_id,
+                res.queued,
+                len(core.plan.instream) if core.plan is not None else 0,
+                res.rcv_wnd,
+            )
+            self.engine.feed(c, Repaired(self._now(), res.rcv_nxt, res.rcv_wnd))
+            if self.timings:
+                self.timings[-1].repaired += 1
+                self.timings[-1].queued_bytes += res.queued
+        if self.timings:
+            self.timings[-1].rebuilt[core.conn_id] = self._now()
+        return True
 
     def replay_done(self, conn_id: int) -> None:
         c = self.engine.by_id.get(conn_id)
@@ -442,6 +531,8 @@ class RecoveryBridge(AgentBridge):
             c = self.engine.conns.get((cip, info.remote[1], sip, info.local[1]))
             if c is not None:
                 plan = rec.plans.get(c.core.conn_id)
+                if plan is not None and c.core.awaiting_repair and not rec.repair(c, info.fd):
+                    return super().on_accept(info)
                 if plan is not None and c.core.state in (State.REPLAYING, State.REPLAY_SYN_SENT):
                     c.accepted = True
                     return Replay(

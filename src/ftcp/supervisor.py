@@ -17,7 +17,18 @@ stop it (SIGTERM, then SIGKILL after a grace period) and end with status 0.
 When the application dies from a signal, `ftcp.recovery.Recovery` restarts
 it and rebuilds its connections from the log (at most `max_restarts` times in
 a row; past that the crashed clients are reset and the run exits
-128+signal); losing the logger link ends the run with status 1.
+128+signal).
+
+Losing the logger link does not end the run (`_LoggerLink`): one line says
+so, connections stall (nothing new is acknowledged to clients and writes
+that follow unlogged reads stay blocked, since acks come only from the
+logger), the client reconnects with back-off, resends everything not yet
+acknowledged, and connections resume. A logger that does not hold the
+acknowledged history (restarted on an empty data dir) is refused: the
+connections keep stalling, loudly, until the right logger is back. While
+too many bytes are waiting for the logger, the queue is not read (packets
+wait, then the kernel drops them; clients retransmit). A crash meanwhile is
+recovered once the logger is back (recovery waits for it).
 
 The client-facing interface is `--iface`, else found from the routing
 table: the only interface with an IPv4 address (lo excluded), or the only one
@@ -43,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -164,7 +176,8 @@ class _Status:
             "started": self.started,
             "ack_strategy": self.cfg.ack_strategy,
             "logger": f"{self.cfg.logger_host}:{self.cfg.logger_port}",
-            "logger_ok": client.closed is None,
+            "logger_ok": client.closed is None and client.link_up,
+            "logger_link": client.link_status(),
             "logger_batches": [client.batch, client.batch_acked],
             "stats": {k: getattr(engine.stats, k) for k in engine.stats.__slots__},
             "connections": engine.snapshot(),
@@ -189,8 +202,6 @@ def run(cfg: RunConfig) -> int:
     if not 0 < cfg.port < 65536:
         raise UserError(f"--port {cfg.port} out of range 1..65535")
     make_policy(cfg.ack_strategy)
-    if cfg.restore != "handshake":
-        log.info("--restore %s: recovery is not implemented yet", cfg.restore)
     elfcheck.check_preloadable(cfg.command)
     shim = build.shim_path()
     os.makedirs(cfg.state_dir, exist_ok=True)
@@ -212,6 +223,7 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
             engine_box[0].on_logger_acks(acks)
 
     app_id = cfg.app_id or f"port-{cfg.port}"
+    link = _LoggerLink(f"{cfg.logger_host}:{cfg.logger_port}", engine_box, loop)
     try:
         client = await LoggerClient.connect(
             cfg.logger_host,
@@ -220,6 +232,9 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
             secret=cfg.secret,
             on_ack=on_ack,
             timeout=cfg.logger_timeout,
+            reconnect=True,
+            on_link=link.on_link,
+            on_pressure=link.on_pressure,
         )
     except (TimeoutError, OSError, LoggerError) as e:
         what = str(e) or type(e).__name__
@@ -238,6 +253,8 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
     status: _Status | None = None
     proc: asyncio.subprocess.Process | None = None
     recovery: Recovery | None = None
+    recovery_box: list[Recovery] = []
+    status_task: asyncio.Future[None] | None = None
     sock_dir: str | None = None
     try:
         qnum = cfg.queue_num if cfg.queue_num is not None else cfg.port
@@ -275,6 +292,10 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
         port_rules = ssw_rules.PortRules(specs, state_file=rules_file, owner=owner)
         port_rules.install()
         status = _Status(status_path, cfg, iface)
+        link.queue = queue
+        status_task = asyncio.ensure_future(
+            _refresh_status(status, engine, client, lambda: proc, recovery_box)
+        )
 
         env = dict(os.environ)
         env.update(agent.env(cfg.port, shim))
@@ -295,6 +316,7 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
             restore=cfg.restore,
         )
         bridge.recovery = recovery
+        recovery_box.append(recovery)
         proc = await spawn()
         recovery.started(proc)
         print(
@@ -329,9 +351,9 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
                 status.write(engine, client, proc.pid, recovery)
                 if done:
                     break
-                if client.closed is not None or engine.fatal is not None:
+                if client.closed is not None or engine.fatal is not None:  # not a link loss
                     why = client.closed or engine.fatal
-                    print(f"ftcp run: lost the logger link ({why}); stopping", file=sys.stderr)
+                    print(f"ftcp run: logger client failed ({why}); stopping", file=sys.stderr)
                     await _terminate(proc)
                     return 1
         finally:
@@ -352,6 +374,9 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
             return 128 - rc
         return rc
     finally:
+        if status_task is not None:
+            status_task.cancel()
+        link.queue = None  # late acks must not re-register a queue being closed
         if recovery is not None:
             recovery.close()
         if proc is not None and proc.returncode is None:
@@ -380,6 +405,61 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
         await client.close()
         if errors:
             print(f"ftcp run: {'; '.join(errors)}", file=sys.stderr)
+
+
+# -- logger link (see the module docstring) ---------------------------------------------
+
+
+class _LoggerLink:
+    """`LoggerClient` callbacks: say when the link goes and comes, pause queue intake."""
+
+    def __init__(self, where: str, engine_box: list[Engine], loop: asyncio.AbstractEventLoop):
+        self.where = where
+        self.engine_box = engine_box
+        self.loop = loop
+        self.queue: Queue | None = None
+        self.paused = False
+
+    def on_link(self, up: bool, why: str) -> None:
+        if up:
+            msg = f"logger at {self.where} is back ({why}); connections resume"
+        elif "history" in why:
+            msg = (
+                f"REFUSING the logger at {self.where}: {why}; connections stall until the "
+                "logger that holds it is back (restart it on its data dir)"
+            )
+        else:
+            msg = f"logger at {self.where} lost: {why}; connections stall until it is back"
+        print(f"ftcp run: {msg}", file=sys.stderr, flush=True)  # one line (not also logged)
+
+    def on_pressure(self, on: bool) -> None:
+        """Too much waits for the logger: stop reading the queue (packets are not lost
+        to the log: the kernel drops them and the clients retransmit)."""
+        if self.queue is None or not self.engine_box or on == self.paused:
+            return
+        self.paused = on
+        fd = self.queue.fileno()
+        if on:
+            self.loop.remove_reader(fd)
+            log.warning("logger backlog over its limit: not reading the queue")
+        else:
+            self.loop.add_reader(fd, self.engine_box[0]._on_queue)
+            log.warning("logger backlog drained: reading the queue again")
+
+
+async def _refresh_status(
+    status: _Status,
+    engine: Engine,
+    client: LoggerClient,
+    proc: Callable[[], asyncio.subprocess.Process | None],
+    recovery_box: list[Recovery],
+) -> None:
+    """The status file every second, also while a recovery waits (for the logger, say)."""
+    while True:
+        await asyncio.sleep(1.0)
+        p = proc()
+        with contextlib.suppress(Exception):
+            status.write(engine, client, p.pid if p else None, *recovery_box[:1])
 
 
 async def _terminate(proc: asyncio.subprocess.Process) -> None:

@@ -32,16 +32,16 @@ async def _nodelay_of_accepted(data_dir: Path, **kw: Any) -> int:
             writer.close()
 
 
-@pytest.mark.parametrize(("kw", "nodelay"), [({}, 0), ({"nagle": True}, 0), ({"nagle": False}, 1)])
+@pytest.mark.parametrize(("kw", "nodelay"), [({}, 1), ({"nagle": True}, 0), ({"nagle": False}, 1)])
 def test_nagle_switch_sets_tcp_nodelay_on_the_logger_side(
     tmp_path: Path, kw: dict[str, bool], nodelay: int
 ) -> None:
     got = asyncio.run(asyncio.wait_for(_nodelay_of_accepted(tmp_path, **kw), 30))
-    assert bool(got) == bool(nodelay)  # default: Nagle on, as in the paper
+    assert bool(got) == bool(nodelay)  # default: Nagle off (TCP_NODELAY set)
 
 
 @pytest.mark.parametrize(
-    ("args", "nagle"), [([], True), (["--nagle"], True), (["--no-nagle"], False)]
+    ("args", "nagle"), [([], False), (["--nagle"], True), (["--no-nagle"], False)]
 )
 def test_cli_passes_the_switch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], nagle: bool

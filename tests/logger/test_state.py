@@ -72,3 +72,12 @@ def test_finished_deletes_in_connection_scoped_mode_only() -> None:
         assert a.tombstones == (set() if whole else {1})
         # late records for a deleted connection are silently ignored
         assert not app.apply([InSegment(1, 1001, 5001, 1)]).errors
+
+
+def test_fin_logged_in_the_batch_of_finished_is_still_acknowledged() -> None:
+    """A client FIN and the Finished right behind it: the FIN's watermark is acked."""
+    for whole in (False, True):
+        app = AppState("a", whole_history=whole)
+        app.apply([handshake(1, c_isn=10)])
+        a = app.apply([InSegment(1, 11, 1, 1, True, payload=b"ab"), Finished(1)])
+        assert a.streams == {1: (13, 14)} and a.finished == [1]

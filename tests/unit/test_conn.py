@@ -233,6 +233,23 @@ def test_fin_logged_raises_ack_limit_by_one() -> None:
     assert d.rewrite is None
 
 
+@pytest.mark.parametrize("policy", [Basic, Lazy])
+def test_logged_client_fin_is_acked_once_even_if_the_kernel_ack_went_out_clamped(
+    policy: type,
+) -> None:
+    """Server closed first: the kernel's ack of the client's FIN was its last segment."""
+    c = established(policy=policy())
+    c.handle(CloseRequest(0.0, 1, CloseHow.CLOSE))
+    c.handle(sseg(9001, 1001, ACK | FIN))
+    c.handle(cseg(1001, 9002, ACK | FIN))
+    c.handle(sseg(9002, 1002))  # clamped (Basic) or held (Lazy)
+    acts = c.handle(LoggerAck(0.0, 1001, fin=True))
+    acked = [a.segment.ack for a in of(acts, Fabricate) if a.direction is Direction.TO_CLIENT]
+    acked += [eff(d, sseg(9002, 1002), "ack") for d in of(acts, Deliver)]
+    assert acked == [1002]
+    assert not of(c.handle(LoggerAck(0.0, 1001, fin=True)), Fabricate)
+
+
 u32 = st.integers(0, seq.MASK)
 scales = st.integers(0, 14)
 
@@ -480,6 +497,28 @@ def test_rebuild_and_translate(c_isn: int, s_isn: int, n_isn: int) -> None:
     assert eff(d2, s, "ts_ecr") == 80
     c.handle(ReplayDone(2.5))
     assert c.state is State.ESTABLISHED and not c.restarting
+
+
+def test_client_data_after_the_plan_is_refilled_with_its_fin() -> None:
+    """Bytes (and a FIN) the client sent while dark, not in the plan, follow its instream."""
+    c = crashed()  # logged "hello world": 1001..1012
+    c.handle(cseg(1012, 9007, payload=b"more", now=1.1))
+    plan = plan_recovery(_log(c, b"hello world"), **c.recovery_hints(1.2))  # before "more"
+    c.handle(cseg(1016, 9007, ACK | FIN, payload=b"!", now=1.3))  # after the plan was made
+    c.handle(cseg(1012, 9007, payload=b"more", now=1.35))  # a retransmission: kept once
+    c.handle(Rebuild(1.4, plan))
+    sa = sseg(500, 1001, SYN | ACK, window=6, syn_opts=S_OPTS, ts_val=77, now=1.5)
+    refill = [a.segment for a in of(c.handle(sa), Fabricate)][1:]
+    assert [(s.seq, s.payload) for s in refill] == [(1001, b"hello ")]
+    acts = c.handle(sseg(501, 1007, window=100, now=1.6, ts_val=78))
+    got = [(s.segment.seq, s.segment.payload, bool(s.segment.flags & FIN)) for s in of(
+        acts, Fabricate
+    ) if s.direction is Direction.TO_SERVER]
+    assert got == [(1007, b"world", False), (1012, b"more", False), (1016, b"!", False),
+                   (1017, b"", True)]  # fmt: skip
+    assert c.refilling
+    c.handle(sseg(501, 1018, window=100, now=1.7, ts_val=79))
+    assert not c.refilling
 
 
 def test_rebuild_syn_offers_only_negotiated_options() -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -31,27 +32,39 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ftcp.lab.net import Lab
 
 MB = 1 << 20
 PORT = 9300
 LOGGER_PORT = 7017
+READS_ENV = "FTCP_BENCH_READS_FILE"  # where `serve` reports its read count
 
 
 # --- the workload ---------------------------------------------------------------
 
 
 def serve(port: int, nbytes: int) -> None:
+    """Read the upload, answer `K` per MiB and `P` once `nbytes` are in. With
+    `READS_ENV` set, append to that file how many reads the first `nbytes` took: after a
+    crash, the restarted application's count is the number of replayed reads."""
     lst = socket.create_server(("0.0.0.0", port), reuse_port=False)
     c, _ = lst.accept()
     lst.close()
-    total = 0
+    reads_file = os.environ.get(READS_ENV)
+    total = reads = 0
     while True:
         d = c.recv(1 << 16)
         if not d:
             break
         before = total
         total += len(d)
+        reads += 1
+        if reads_file and before < nbytes <= total:
+            with open(reads_file, "a") as f:
+                f.write(f"{os.getpid()} {reads}\n")
         out = b"K" * (min(total, nbytes) // MB - min(before, nbytes) // MB)
         if before <= nbytes < total:
             out += b"P"
@@ -122,61 +135,95 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
 
 
 def one_run(topology: str, nbytes: int, local_logger: bool, restore: str) -> dict[str, Any]:
+    """One crash in a fresh lab of `topology` (see `run_in_lab`)."""
     from ftcp.lab import up
     from ftcp.lab.pytest_fixtures import unique_lab_name
 
     lab = up(topology, unique_lab_name())
     tmp = Path(tempfile.mkdtemp(prefix="ftcp-bench-rec-"))
+    try:
+        r = run_in_lab(lab, nbytes, local_logger, restore, PORT, LOGGER_PORT, tmp)
+        r["topology"] = topology
+        return r
+    finally:
+        lab.down()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_in_lab(
+    lab: Lab,
+    nbytes: int,
+    local_logger: bool,
+    restore: str,
+    port: int,
+    logger_port: int,
+    work: Path,
+) -> dict[str, Any]:
+    """One crash in an existing lab: a logger (in the logger host, or in the server host
+    when `local_logger`), the workload server under `ftcp run --restore <restore>` on
+    `port`, one client uploading `nbytes`; kill -9 of the application once all is
+    logged; the recovery's timings. Every process started here is stopped on return;
+    `work` (scratch) is left to the caller."""
     procs: list[subprocess.Popen[str]] = []
     try:
         lhost = "server" if local_logger else "logger"
         lip = "127.0.0.1" if local_logger else lab.ip("logger")
         lg = lab.popen(
             lhost,
-            [sys.executable, "-m", "ftcp.logger", "--listen", f"{lip}:{LOGGER_PORT}",
-             "--data-dir", str(tmp / "log"), "--insecure"],
+            [sys.executable, "-m", "ftcp.logger", "--listen", f"{lip}:{logger_port}",
+             "--data-dir", str(work / "log"), "--insecure"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env({}),
         )  # fmt: skip
         procs.append(lg)
         assert lg.stdout is not None
         if "listening on" not in lg.stdout.readline():
             raise RuntimeError("logger did not start")
-        timing = tmp / "timing.jsonl"
+        timing = work / "timing.jsonl"
+        reads_file = work / "reads.txt"
         iface = ["--iface", lab.ifname("server")] if local_logger else []
-        err = open(tmp / "ftcp.err", "w")  # noqa: SIM115
+        err = open(work / "ftcp.err", "w")  # noqa: SIM115
         srv = lab.popen(
             "server",
             [sys.executable, "-c", "from ftcp.cli import main; main()", "run",
-             "--logger", f"{lip}:{LOGGER_PORT}", "--insecure", "--port", str(PORT),
-             "--restore", restore, "--state-dir", str(tmp / "state"), *iface, "--",
-             sys.executable, "-m", "ftcp.bench.recovery", "serve", str(PORT), str(nbytes)],
+             "--logger", f"{lip}:{logger_port}", "--insecure", "--port", str(port),
+             "--restore", restore, "--state-dir", str(work / "state"), *iface, "--",
+             sys.executable, "-m", "ftcp.bench.recovery", "serve", str(port), str(nbytes)],
             stdout=err, stderr=subprocess.STDOUT, text=True,
-            env=_env({"FTCP_RECOVERY_TIMING": str(timing)}),
+            env=_env({"FTCP_RECOVERY_TIMING": str(timing), READS_ENV: str(reads_file)}),
         )  # fmt: skip
+        err.close()
         procs.append(srv)
         cl = lab.popen(
             "client",
             [sys.executable, "-m", "ftcp.bench.recovery", "client", lab.ip("server"),
-             str(PORT), str(nbytes)],
+             str(port), str(nbytes)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env({}),
         )  # fmt: skip
         procs.append(cl)
         assert cl.stdout is not None and cl.stdin is not None
         line = cl.stdout.readline()
         if "loaded" not in line:
-            raise RuntimeError(f"client: {line!r}; {(tmp / 'ftcp.err').read_text()[-2000:]}")
+            raise RuntimeError(f"client: {line!r}; {(work / 'ftcp.err').read_text()[-2000:]}")
         time.sleep(0.3)  # the last read results reach the logger
         app = _children(srv.pid)
         os.kill(app[0], signal.SIGKILL)
         cl.stdin.write("go\n")
         cl.stdin.flush()
-        res = json.loads(cl.stdout.readline())
+        line = cl.stdout.readline()
+        if "done" not in line:
+            raise RuntimeError(
+                f"client after the crash: {line!r}; {(work / 'ftcp.err').read_text()[-2000:]}"
+            )
+        res = json.loads(line)
         deadline = time.monotonic() + 10
         while not timing.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         t = json.loads(timing.read_text().splitlines()[-1])
+        counts = [ln.split() for ln in reads_file.read_text().splitlines() if ln.strip()]
+        # [original app, restarted app]: the restarted one's first `nbytes` were replayed
+        reads = int(counts[-1][1]) if len(counts) >= 2 else 0
         return {
-            "topology": topology,
+            "topology": lab.topology.name,
             "logger": "local" if local_logger else "remote",
             "restore": restore,
             "logged_mb": nbytes / MB,
@@ -186,7 +233,14 @@ def one_run(topology: str, nbytes: int, local_logger: bool, restore: str) -> dic
             "startup_ms": 1000 * (t["startup_s"] or 0),
             "stall_ms": 1000 * res["stall_s"],
             "replay_mb_s": (nbytes / MB) / t["replay_s"] if t["replay_s"] else None,
-            "ok": bool(res["ok"]),
+            "total_ms": 1000 * t["total_s"] if t.get("total_s") is not None else None,
+            # repair: logged instream put straight into the receive queue (rest: refilled)
+            "queued_mb": t.get("queued_bytes", 0) / MB,
+            "repaired": t.get("repaired", 0),
+            # read calls of the restarted application served from the log
+            "reads": reads,
+            "original_reads": int(counts[0][1]) if counts else 0,
+            "ok": bool(res["ok"]) and (restore != "repair" or t.get("repaired", 0) >= 1),
         }
     finally:
         for p in reversed(procs):
@@ -197,7 +251,6 @@ def one_run(topology: str, nbytes: int, local_logger: bool, restore: str) -> dic
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
-        lab.down()
 
 
 def run(runs: int, sizes: Sequence[int], restores: Sequence[str]) -> dict[str, Any]:
@@ -212,6 +265,7 @@ def run(runs: int, sizes: Sequence[int], restores: Sequence[str]) -> dict[str, A
             for k in ("restart_ms", "replay_ms", "fetch_ms", "startup_ms", "stall_ms"):
                 row[k] = statistics.median(s[k] for s in samples)
             row["replay_mb_s"] = mb / (row["replay_ms"] / 1000) if row["replay_ms"] else None
+            row["queued_mb"] = statistics.median(s["queued_mb"] for s in samples)
             row["ok"] = all(s["ok"] for s in samples)
             row["runs"] = runs
             rows.append(row)
@@ -225,7 +279,8 @@ def _line(r: dict[str, Any]) -> str:
         f"restart {r['restart_ms']:7.1f} ms  replay {r['replay_ms']:8.1f} ms "
         f"(fetch {r['fetch_ms']:7.1f})  {r['replay_mb_s'] or 0:7.1f} MB/s  "
         f"stall {r['stall_ms']:8.1f} ms  app start-up {r['startup_ms']:6.1f} ms"
-        f"{'' if r['ok'] else '  FAILED'}"
+        + (f"  queued {r.get('queued_mb', 0):5.1f} MB" if r["restore"] == "repair" else "")
+        + ("" if r["ok"] else "  FAILED")
     )
 
 
@@ -233,7 +288,8 @@ def render(doc: dict[str, Any]) -> str:
     head = (
         "recovery after kill -9 (medians): restart = death -> rebuilt kernel connection "
         "without app start-up and log transfer; replay = log transfer + refill + replay; "
-        "stall = client-visible\n"
+        "stall = client-visible; repair: queued = logged MiB put straight into the "
+        "receive queue by TCP_REPAIR (the rest is refilled by SSW)\n"
     )
     return head + "\n".join(_line(r) for r in doc["rows"])
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ftcp.core import seq
 from ftcp.core.ackpolicy import AckPolicy, AckView, Basic
@@ -59,6 +59,7 @@ from ftcp.core.events import (
     ReadLogged,
     ReadReported,
     Rebuild,
+    Repaired,
     ReplayDone,
     Rewrite,
     SackBlocks,
@@ -75,12 +76,14 @@ from ftcp.core.records import (
     InSegment,
     SynOptions,
 )
+from ftcp.core.repair import RepairSpec
 from ftcp.core.replay import DEFAULT_MSS, TS_HZ, TS_UNKNOWN_JUMP, RecoveryPlan
 from ftcp.errors import LocalProtocolError, RemoteProtocolError
 
 log = logging.getLogger(__name__)
 
 MAX_WINDOW = 0xFFFF
+PROBE_FIRST = 0.05  # seconds from a crash to the first closed-window ack
 
 
 class State(enum.Enum):
@@ -114,6 +117,8 @@ class Trigger(enum.Enum):
     APP_GONE = enum.auto()  # the process died after closing this socket: nothing to do
     RESTORE = enum.auto()  # a connection rebuilt from the log alone (SSW restarted)
     REBUILD = enum.auto()
+    REPAIR_SYNACK = enum.auto()  # the rebuilt SYN-ACK, when TCP_REPAIR will finish the job
+    REPAIRED = enum.auto()  # the accepted socket was rebuilt with TCP_REPAIR
     REPLAY_DONE = enum.auto()
     FINISH = enum.auto()
 
@@ -211,6 +216,8 @@ TRANSITIONS: dict[State, dict[Trigger, State]] = {
     },
     S.REPLAY_SYN_SENT: {
         T.SERVER_SYNACK: S.REPLAYING,
+        T.REPAIR_SYNACK: S.REPLAY_SYN_SENT,  # --restore repair: wait for the accept
+        T.REPAIRED: S.REPLAYING,
         T.PROCESS_DIED: S.CRASHED,
         T.APP_GONE: S.CRASHED,
         T.CLIENT_RESET: S.CLOSED,
@@ -405,6 +412,7 @@ class Connection:
         self._frozen_ack = 0
         self._next_probe: float | None = None
         self._last_probe = float("-inf")
+        self._probe_gap = probe_interval
         self._syn_sent_at: float | None = None
         self._n_isn = 0
         self._n_tsval: int | None = None
@@ -414,6 +422,12 @@ class Connection:
         self._refill_done = True
         self._refill_at = 0.0
         self._refill_mark = 0
+        # client data that arrived while no server TCP existed (logged, dropped): refilled
+        # after the plan's instream, so the client need not wait for its own retransmission
+        self._late: dict[int, tuple[bytes, bool]] = {}  # seq -> (payload, fin)
+        # --restore repair: the handshake only wakes the application's accept
+        self._repair = False
+        self._repair_synack: ServerSegment | None = None
         self._out: list[Action] = []
 
     # ------------------------------------------------------------------ public
@@ -458,6 +472,11 @@ class Connection:
         return self.stable_seq
 
     @property
+    def fin_logged(self) -> bool:
+        """The client's FIN is durably logged (the ack limit covers it)."""
+        return self._fin_logged
+
+    @property
     def restarting(self) -> bool:
         return self.state in (State.CRASHED, State.REPLAY_SYN_SENT, State.REPLAYING)
 
@@ -492,6 +511,8 @@ class Connection:
                 self._on_process_died(ev)
             case Rebuild():
                 self._on_rebuild(ev)
+            case Repaired():
+                self._on_repaired(ev)
             case ReplayDone():
                 self._set_state(self._next(T.REPLAY_DONE, ev))
             case Finish():
@@ -568,6 +589,7 @@ class Connection:
             self._note_client(ev)
             if trig is T.CLIENT_SEGMENT:
                 self._log_in(ev)
+                self._keep_late(ev)
             if trig is T.CLIENT_RESET:
                 self._abandon("client reset while recovering")
             self._emit(Drop(ev.ident, "no server connection: recovering"))
@@ -673,9 +695,13 @@ class Connection:
             trig = T.SERVER_FIN if self.app_shut_wr else T.SERVER_UNEXPLAINED
         else:
             trig = T.SERVER_SEGMENT
+        if trig is T.SERVER_SYNACK and self.state is State.REPLAY_SYN_SENT and self._repair:
+            trig = T.REPAIR_SYNACK
         nxt = self._next(trig, ev)
         st = self.state
-        if st is State.SYN_RECEIVED and trig is T.SERVER_SYNACK:
+        if trig is T.REPAIR_SYNACK:
+            self._repair_synack_seen(ev)
+        elif st is State.SYN_RECEIVED and trig is T.SERVER_SYNACK:
             self._adopt_handshake(self.c_isn, self.client_opts, ev.seq, ev.syn_opts or SynOptions())
             self._note_kernel_ack(ev)
             self._emit(Log(self._handshake_record()))
@@ -722,8 +748,10 @@ class Connection:
 
     def _server_live(self, ev: ServerSegment) -> None:
         self._note_kernel_ack(ev)
-        if self._rebuilt:
+        refilled = False
+        if self._rebuilt and not self._refill_done:
             self._refill_progress(ev.now)
+            refilled = self._refill_done
         pure = ev.payload_len == 0 and not ev.flags & (SYN | FIN | RST)
         if (
             ev.flags & ACK
@@ -732,6 +760,8 @@ class Connection:
         ):
             self._held.append(ev)
             self._emit(Hold(ev.ident, f"{self.policy.name}: ack not logged yet"))
+            if refilled:  # the client must not wait for its own probe to see the window
+                self._open_window("rebuilt: refill complete")
         else:
             self._deliver_server(ev)
         if self._rebuilt:
@@ -803,7 +833,8 @@ class Connection:
     def _probe(self, now: float) -> None:
         """Closed-window ack: keeps the client in step while no server TCP exists."""
         self._last_probe = now
-        self._next_probe = now + self.probe_interval
+        self._next_probe = now + self._probe_gap
+        self._probe_gap = min(2 * self._probe_gap, self.probe_interval)
         self._fabricate_ack(self._frozen_ack, 0, "closed-window ack (recovering)")
 
     # ------------------------------------------------------------------- logger
@@ -833,6 +864,7 @@ class Connection:
                 f"data ({self._client_max})"
             )
         old = self.ack_limit
+        fin_before = self._fin_logged
         self.stable_seq = new
         if ev.fin:
             self._fin_logged = True
@@ -859,6 +891,17 @@ class Connection:
             if seq.gt(ack, limit):
                 raise LocalProtocolError(f"{self.policy.name} fabricated ack beyond the limit")
             self._fabricate_ack(ack, None, f"{self.policy.name} ack")
+        if (
+            self._fin_logged
+            and not fin_before
+            and seq.ge(self._kernel_has.end, limit)
+            and seq.lt(self.delivered_ack, limit)
+        ):
+            # the client's FIN reached the server's TCP in order and is now logged, but the
+            # server TCP's ack of it went out clamped (or, from a TIME-WAIT socket, not at
+            # all) and nothing else will carry it: any strategy acks it now, or the client
+            # retransmits its FIN after its RTO
+            self._fabricate_ack(limit, None, "logged client FIN")
 
     # ---------------------------------------------------------------------- NSW
 
@@ -958,7 +1001,10 @@ class Connection:
         self._frozen_ack = seq.max_(self.ack_limit, self.delivered_ack)
         self._rebuilt = False
         self._refill_done = True
-        self._next_probe = now + self.probe_interval
+        # closed-window acks start fast (the client stops sending into a dead socket at
+        # once) and back off to `probe_interval`
+        self._probe_gap = min(PROBE_FIRST, self.probe_interval)
+        self._next_probe = now + self._probe_gap
         self.policy.reset()
 
     def _abandon(self, reason: str) -> None:
@@ -1030,6 +1076,8 @@ class Connection:
             self.stable_seq = plan.stable_seq
         if plan.client_fin and plan.stable_seq == self.stable_seq:
             self._fin_logged = True
+        self._repair = ev.repair
+        self._repair_synack = None
         self._syn_sent_at = ev.now
         self._emit(Fabricate(Direction.TO_SERVER, plan.syn(), "rebuild: client SYN"))
         self._set_state(nxt)
@@ -1078,6 +1126,94 @@ class Connection:
         self._emit(Drop(ev.ident, "rebuilt SYN-ACK: answered by SSW"))
         self._emit(Fabricate(Direction.TO_SERVER, self._third_ack(), "rebuild: third ack"))
         self._refill(ev.now)
+        if seq.ge(base, self._refill_target()):  # nothing to refill: no kernel ack will come
+            self._refill_done = True
+            self._late.clear()
+            self._open_window("rebuilt: nothing to refill")
+
+    # ------------------------------------------------------- --restore repair
+
+    @property
+    def awaiting_repair(self) -> bool:
+        """The rebuilt handshake is complete; the accepted socket awaits TCP_REPAIR."""
+        return self.state is State.REPLAY_SYN_SENT and self._repair_synack is not None
+
+    def _repair_synack_seen(self, ev: ServerSegment) -> None:
+        """The new kernel's SYN-ACK (repair mode): complete the handshake so that the
+        application's accept returns; nothing is refilled or translated yet."""
+        opts = ev.syn_opts or SynOptions()
+        self._n_isn = ev.seq
+        self._n_tsval = opts.ts_val if opts.ts_val is not None else ev.ts_val
+        self._repair_synack = ev
+        self._syn_sent_at = None  # no SYN retransmission from here on
+        self._emit(Drop(ev.ident, "rebuilt SYN-ACK: answered by SSW (repair follows)"))
+        self._emit(Fabricate(Direction.TO_SERVER, self._third_ack(), "rebuild: third ack"))
+
+    def repair_spec(self, now: float) -> RepairSpec:
+        """What TCP_REPAIR must set in the accepted socket (`ftcp.tcprepair`)."""
+        plan = self.plan
+        if plan is None or not self.awaiting_repair:
+            raise LocalProtocolError(f"conn {self.conn_id}: no repair pending ({self.state.name})")
+        ts_val: int | None = None
+        if self.ts_ok:
+            ts_val = self._ts_floor(now)
+            if ts_val is None:
+                ts_val = seq.add(self.server_opts.ts_val or 0, TS_UNKNOWN_JUMP)
+        return RepairSpec(
+            conn_id=self.conn_id,
+            rcv_seq=seq.add(self.c_isn, 1),
+            instream=plan.instream,
+            snd_seq=seq.add(self.s_isn, 1 + plan.discard),
+            mss=self.client_opts.mss or DEFAULT_MSS,
+            snd_wscale=self.c_wscale,
+            rcv_wscale=self.s_wscale,
+            sack_ok=self.sack_ok,
+            ts_ok=self.ts_ok,
+            ts_val=ts_val,
+            snd_wnd=self.client_window << self.c_wscale,
+            rcv_edge=self.advertised_edge,
+        )
+
+    def _on_repaired(self, ev: Repaired) -> None:
+        nxt = self._next(T.REPAIRED, ev)
+        plan, synack = self.plan, self._repair_synack
+        assert plan is not None and synack is not None
+        self._repair = False
+        if not ev.ok:
+            # TCP_REPAIR failed before touching the socket: the handshake connection
+            # stands; go on exactly as `--restore handshake` (translate by delta_seq)
+            mark = len(self._out)
+            self._rebuild_synack(replace(synack, now=ev.now))
+            self._out[mark:] = [
+                a
+                for a in self._out[mark:]
+                if not (type(a) is Drop and a.ident == synack.ident)
+                and not (type(a) is Fabricate and a.reason == "rebuild: third ack")
+            ]
+            self._set_state(nxt)
+            return
+        rcv = ev.rcv_nxt
+        snd = seq.add(self.s_isn, 1 + plan.discard)
+        self.delta_seq = 0
+        self.ts_off = 0
+        self.k_wscale = self.s_wscale
+        if self.ts_ok:
+            self._n_tsval = self._ts_floor(ev.now)
+        self.kernel_snd_nxt = snd
+        self.kernel_una = snd
+        self.kernel_ack = rcv
+        self.right_edge = seq.add(rcv, ev.rcv_wnd)
+        self._kernel_has = _Coverage(rcv)
+        self._kmss = self.client_opts.mss or DEFAULT_MSS
+        self._inj_next = rcv
+        self._fin_injected = False
+        self._refill_mark = rcv
+        self._refill_done = seq.ge(rcv, self._refill_target())
+        self._refill_at = ev.now
+        self._rebuilt = True
+        self.policy.reset()
+        self._refill(ev.now)  # what did not fit the receive queue, and a logged client FIN
+        self._set_state(nxt)
 
     def _third_ack(self) -> OutSegment:
         assert self.plan is not None
@@ -1093,9 +1229,44 @@ class Connection:
             ts_ecr=a.ts_ecr,
         )
 
+    def _open_window(self, reason: str) -> None:
+        """Rebuilt and refilled: tell the client at once that the window is open again
+        (it may sit in zero-window persist, or in retransmission back-off)."""
+        if self.kernel_ack is None:
+            return
+        ack = seq.max_(seq.min_(self.ack_limit, self.kernel_ack), self.delivered_ack)
+        self._fabricate_ack(ack, None, reason)
+
+    def _keep_late(self, ev: ClientSegment) -> None:
+        fin = bool(ev.flags & FIN)
+        if not ev.payload_len and not fin:
+            return
+        old = self._late.get(ev.seq)
+        if old is None or len(old[0]) < ev.payload_len or (fin and not old[1]):
+            self._late[ev.seq] = (bytes(ev.payload), fin)
+
+    def _late_span(self) -> tuple[int, bool]:
+        """End of the instream to refill and whether a client FIN follows it: the plan's
+        instream, extended by the late client segments that continue it contiguously."""
+        plan = self.plan
+        assert plan is not None
+        end, fin = plan.stable_seq, plan.client_fin
+        if fin or not self._late:
+            return end, fin
+        for sq in sorted(self._late, key=lambda q: seq.sub(q, plan.stable_seq)):
+            if seq.gt(sq, end):
+                break
+            payload, f = self._late[sq]
+            e = seq.add(sq, len(payload))
+            if seq.gt(e, end):
+                end = e
+            if f and e == end:
+                return end, True
+        return end, False
+
     def _refill_target(self) -> int:
-        assert self.plan is not None
-        return self.plan.ack_limit
+        end, fin = self._late_span()
+        return seq.add(end, 1) if fin else end
 
     def _refill_progress(self, now: float) -> None:
         if self._refill_done or self.kernel_ack is None:
@@ -1108,6 +1279,7 @@ class Connection:
         self._refill_mark = k
         if seq.ge(k, self._refill_target()):
             self._refill_done = True
+            self._late.clear()
 
     def _refill(self, now: float) -> None:
         """Inject logged instream bytes into the rebuilt connection, paced by its window."""
@@ -1131,14 +1303,17 @@ class Connection:
             end = seq.add(sq, len(chunk))
             self._kernel_has.add(sq, end)
             self._inj_next = end
-        if plan.client_fin and not self._fin_injected and self._inj_next == plan.stable_seq:
+        if self._late and seq.ge(self._inj_next, plan.stable_seq):
+            self._refill_late(ack, ts_ecr, size)
+        fin_at, fin = self._late_span()
+        if fin and not self._fin_injected and self._inj_next == fin_at:
             self._fin_injected = True
-            self._kernel_has.add(plan.stable_seq, seq.add(plan.stable_seq, 1))
+            self._kernel_has.add(fin_at, seq.add(fin_at, 1))
             self._emit(
                 Fabricate(
                     Direction.TO_SERVER,
                     plan.refill_segment(
-                        plan.stable_seq,
+                        fin_at,
                         b"",
                         ack,
                         self.client_window,
@@ -1149,3 +1324,30 @@ class Connection:
                     "refill: logged client FIN",
                 )
             )
+
+    def _refill_late(self, ack: int, ts_ecr: int | None, size: int) -> None:
+        """Inject the late client bytes that continue the refill, within the window."""
+        plan = self.plan
+        assert plan is not None and self.right_edge is not None
+        base = plan.stable_seq
+        for sq in sorted(self._late, key=lambda q: seq.sub(q, base)):
+            payload, _ = self._late[sq]
+            end = seq.min_(seq.add(sq, len(payload)), self.right_edge)
+            if seq.gt(sq, self._inj_next):
+                break
+            while seq.lt(self._inj_next, end):
+                start = self._inj_next
+                off = seq.sub(start, sq)
+                n = min(size, seq.sub(end, start))
+                chunk = payload[off : off + n]
+                self._emit(
+                    Fabricate(
+                        Direction.TO_SERVER,
+                        plan.refill_segment(
+                            start, chunk, ack, self.client_window, ts_ecr, ts_val=self.client_ts_val
+                        ),
+                        "refill: late client data",
+                    )
+                )
+                self._inj_next = seq.add(start, n)
+                self._kernel_has.add(start, self._inj_next)

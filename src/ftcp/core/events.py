@@ -167,6 +167,27 @@ class Rebuild:
 
     now: float
     plan: RecoveryPlan
+    # `--restore repair`: the fabricated handshake only makes the application's accept
+    # return; the accepted socket is then rebuilt in place with TCP_REPAIR (`Repaired`)
+    repair: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Repaired:
+    """The accepted socket was rebuilt with TCP_REPAIR (`--restore repair`).
+
+    It has the original sequence numbers (send: `s_isn + 1 + discard`), options,
+    window scales and a TSval clock at the client's floor, so nothing is translated
+    (`delta_seq = 0`); its receive queue holds the logged instream up to `rcv_nxt`
+    (the rest, and a logged client FIN, are refilled by SSW as in a handshake rebuild).
+    `ok=False`: the repair failed before the socket was touched; the handshake
+    connection is kept and translated as in `--restore handshake`.
+    """
+
+    now: float
+    rcv_nxt: int = 0
+    rcv_wnd: int = 0
+    ok: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +215,7 @@ Input = (
     | Timer
     | ProcessDied
     | Rebuild
+    | Repaired
     | ReplayDone
     | Finish
 )

@@ -107,6 +107,7 @@ class ErrorCode(enum.IntEnum):
 
 
 HELLO_WHOLE_HISTORY = 0x01  # keep finished connections (whole-history replay)
+HELLO_RESUME = 0x02  # a supervisor reconnecting: the logger reports its durable watermarks
 DELETE_ALL = 0x01  # delete the whole application
 
 # ---------------------------------------------------------------------------
@@ -232,7 +233,7 @@ class RecoverInstream:
     req_id: int
     conn_id: int
     offset: int
-    data: bytes
+    data: bytes | memoryview  # decoded: a read-only view into the frame body (no copy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -799,9 +800,15 @@ def recovery_frames(
         per = max(1, chunk // _RR_ITEM.size)
         for i in range(0, len(log.reads), per):
             yield encode(RecoverReads(req_id, conn, log.reads[i : i + per]))
+        # instream frames as header + a view of the logged bytes: no per-chunk copy (a
+        # transport takes bytes-like pieces; the frames are whole once joined)
         data = memoryview(log.instream)
         for i in range(0, len(data), chunk):
-            yield encode(RecoverInstream(req_id, conn, i, bytes(data[i : i + chunk])))
+            piece = data[i : i + chunk]
+            yield _HEADER.pack(
+                MAGIC, VERSION, FrameType.RECOVER_INSTREAM, _RI_HEAD.size + len(piece)
+            ) + _RI_HEAD.pack(req_id, conn, i)
+            yield piece
     yield encode(RecoverEnd(req_id, len(logs)))
 
 
@@ -900,7 +907,7 @@ def _decode_body(ftype: FrameType, body: bytes) -> Frame:
         role, flags, nonce = _HELLO_HEAD.unpack_from(body)
         if role not in (1, 2):
             raise RemoteProtocolError(f"unknown role {role}")
-        if flags & ~HELLO_WHOLE_HISTORY:
+        if flags & ~(HELLO_WHOLE_HISTORY | HELLO_RESUME):
             raise RemoteProtocolError(f"unknown HELLO flags {flags:#x}")
         app_id = body[_HELLO_HEAD.size :].decode()
         return Hello(Role(role), app_id, nonce, flags)
@@ -931,7 +938,7 @@ def _decode_body(ftype: FrameType, body: bytes) -> Frame:
         return RecoverReads(req, conn, reads)
     if ftype == T.RECOVER_INSTREAM:
         req, conn, off = _RI_HEAD.unpack_from(body)
-        return RecoverInstream(req, conn, off, body[_RI_HEAD.size :])
+        return RecoverInstream(req, conn, off, memoryview(body)[_RI_HEAD.size :])
     if ftype == T.RECOVER_END:
         _exact(ftype, body, 8)
         req, n = _U32U32.unpack(body)
@@ -1029,7 +1036,8 @@ def _decode_recover_conn(body: bytes) -> RecoverConn:
 class _Partial:
     head: RecoverConn
     reads: list[ReadResult] = field(default_factory=list)
-    instream: bytearray = field(default_factory=bytearray)
+    pieces: list[bytes | memoryview] = field(default_factory=list)  # joined once, at the end
+    instream_len: int = 0
 
 
 class RecoveryAssembler:
@@ -1058,7 +1066,7 @@ class RecoveryAssembler:
                     f"recovery ended with {len(self._conns)} connections, announced {f.n_conns}"
                 )
             for p in self._conns.values():
-                if len(p.instream) != p.head.instream_len or len(p.reads) != p.head.n_reads:
+                if p.instream_len != p.head.instream_len or len(p.reads) != p.head.n_reads:
                     raise RemoteProtocolError(
                         f"incomplete recovery of connection {p.head.handshake.conn_id}"
                     )
@@ -1070,12 +1078,13 @@ class RecoveryAssembler:
         if isinstance(f, RecoverReads):
             p.reads.extend(f.reads)
         else:
-            if f.offset != len(p.instream):
+            if f.offset != p.instream_len:
                 raise RemoteProtocolError(
                     f"recovery instream of {f.conn_id} at offset {f.offset}, "
-                    f"expected {len(p.instream)}"
+                    f"expected {p.instream_len}"
                 )
-            p.instream += f.data
+            p.pieces.append(f.data)
+            p.instream_len += len(f.data)
         return False
 
     def result(self) -> list[ConnectionLog]:
@@ -1088,7 +1097,7 @@ class RecoveryAssembler:
                     handshake=h.handshake,
                     stable_seq=h.stable_seq,
                     server_seq=h.server_seq,
-                    instream=bytes(p.instream),
+                    instream=b"".join(p.pieces),
                     client_fin=h.client_fin,
                     reads=p.reads,
                     write_mark=h.write_mark,

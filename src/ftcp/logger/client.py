@@ -15,6 +15,23 @@ callback, on `client.acks` (an asyncio.Queue). The client also keeps the
 latest watermarks: `stable[conn_id] = (stable_seq, ack_limit)`,
 `handshakes` (conn ids whose handshake is durable), `next_order` (every read
 result with a lower order is durable) and `batch_acked`.
+
+Reconnecting (`connect(..., reconnect=True)`, what `ftcp run` uses): losing
+the link is not an error. Every frame sent is kept until its BatchAck (a
+bounded buffer: `unacked_bytes` past `max_unacked` calls `on_pressure(True)`,
+and `on_pressure(False)` once it is back under half; nothing is ever
+dropped); `send` keeps buffering while the link is down; the client
+reconnects with back-off (`RECONNECT_MIN` doubling to `RECONNECT_MAX`),
+authenticates again with `HELLO_RESUME`, and the logger answers with its
+durable watermarks of every live connection. If they are behind what this
+client saw acknowledged (a conn whose handshake was acked is unknown, a
+stream or the read order is behind) the logger is not the one that
+acknowledged our history (an empty data dir, say): the client refuses to
+resume (`history_lost`), says so through `on_link`, and keeps trying.
+Otherwise the watermarks are delivered as acks, every unacknowledged frame is
+sent again (the logger's state is idempotent for resends) and the link is up.
+`wait_batch` waiters survive link loss; `recover()` waits for the link.
+`on_link(up, why)` is called when the link goes down or comes back.
 """
 
 from __future__ import annotations
@@ -24,17 +41,25 @@ import contextlib
 import itertools
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
-from ftcp.core import wire
-from ftcp.core.records import ConnectionLog, Record
+from ftcp.core import seq, wire
+from ftcp.core.records import ConnectionLog, Finished, ReadResult, Record
 from ftcp.errors import RemoteProtocolError
 
 MAX_BODY = 4 << 20  # records per frame are split to stay under this
+RECONNECT_MIN = 0.05  # seconds before the first reconnect attempt, doubling ...
+RECONNECT_MAX = 2.0  # ... up to this
+DEFAULT_MAX_UNACKED = 64 << 20  # bytes of unacknowledged frames before on_pressure(True)
 
 
 class LoggerError(Exception):
     """The logger refused us or the link broke."""
+
+
+class HistoryLost(LoggerError):
+    """The logger we reached does not hold what was acknowledged to us."""
 
 
 class LoggerClient(asyncio.Protocol):
@@ -75,6 +100,33 @@ class LoggerClient(asyncio.Protocol):
         self._pings: dict[int, asyncio.Future[int]] = {}
         self._paused = False
         self._drain: list[asyncio.Future[None]] = []
+        # -- reconnecting (see the module docstring) --
+        self.reconnect = False
+        self.host = ""
+        self.port = 0
+        self.timeout = 10.0
+        self.max_unacked = DEFAULT_MAX_UNACKED
+        self.on_link: Callable[[bool, str], None] | None = None
+        self.on_pressure: Callable[[bool], None] | None = None
+        self.link_up = False
+        self.down_since: float | None = None  # wall time the link went down
+        self.down_reason = ""
+        self.last_error = ""  # why the latest reconnect attempt failed
+        self.history_lost: str | None = None
+        self.reconnect_attempts = 0  # since the link went down
+        self.reconnects = 0  # successful, in all
+        self.pressure = False
+        self.unacked_bytes = 0
+        self.unacked_records = 0
+        self._unacked: deque[tuple[int, bytes, int]] = deque()  # (batch, frame, records)
+        self._link_base = 0  # batch number of the frame before this link's first
+        self._orders_sent = 0  # every read order below this was sent
+        self._finishing: set[int] = set()  # Finished sent, FinishedAck not seen
+        self._resync: asyncio.Future[list[wire.Ack]] | None = None
+        self._lost: asyncio.Future[None] | None = None
+        self._up: asyncio.Event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     # -- connecting ---------------------------------------------------------------
 
@@ -91,17 +143,31 @@ class LoggerClient(asyncio.Protocol):
         on_ack: Callable[[list[wire.Ack]], None] | None = None,
         on_error: Callable[[wire.Error], None] | None = None,
         timeout: float = 10.0,
+        reconnect: bool = False,
+        on_link: Callable[[bool, str], None] | None = None,
+        on_pressure: Callable[[bool], None] | None = None,
+        max_unacked: int = DEFAULT_MAX_UNACKED,
     ) -> LoggerClient:
-        """Connect and authenticate (mutually); raises LoggerError on refusal."""
+        """Connect and authenticate (mutually); raises LoggerError on refusal.
+
+        The first connection must succeed even with `reconnect`; later losses
+        are then survived (see the module docstring)."""
         loop = asyncio.get_running_loop()
         client = cls(app_id, secret, role, whole_history, on_ack, on_error)
+        client.reconnect = reconnect
+        client.host, client.port, client.timeout = host, port, timeout
+        client.on_link, client.on_pressure = on_link, on_pressure
+        client.max_unacked = max_unacked
         client._ready = loop.create_future()
         await asyncio.wait_for(loop.create_connection(lambda: client, host, port), timeout)
         try:
             await asyncio.wait_for(asyncio.shield(client._ready), timeout)
         except BaseException:
+            client.reconnect = False
             client.abort()
             raise
+        client.link_up = True
+        client._up.set()
         return client
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -116,17 +182,201 @@ class LoggerClient(asyncio.Protocol):
         transport.write(wire.encode(wire.Hello(self.role, self.app_id, self.nonce, self.flags)))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.reconnect and not self._closing:
+            self._link_lost(exc)
+            return
         err = self.closed or LoggerError(f"logger link closed{f': {exc}' if exc else ''}")
         self.closed = err
         futs: list[asyncio.Future] = []
         if self._ready is not None:
             futs.append(self._ready)
+        if self._resync is not None:
+            futs.append(self._resync)
         futs += [f for _, f in self._batch_waiters]
         futs += [f for _, f in self._recoveries.values()]
         futs += list(self._deletes.values()) + list(self._pings.values()) + self._drain
         for f in futs:
             if not f.done():
                 f.set_exception(err)
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+
+    # -- reconnecting (module docstring) ----------------------------------------------
+
+    def _link_lost(self, exc: Exception | None) -> None:
+        """One link is gone; batch waiters stay, the rest of its requests fail."""
+        why = self._why or (str(exc) if exc else "") or "the logger closed the link"
+        self._why = None
+        err = LoggerError(f"logger link lost: {why}")
+        self.transport = None
+        self._paused = False
+        futs: list[asyncio.Future] = []
+        for f in (self._ready, self._resync):
+            if f is not None:
+                futs.append(f)
+        futs += [f for _, f in self._recoveries.values()]
+        futs += list(self._deletes.values()) + list(self._pings.values()) + self._drain
+        self._recoveries.clear()
+        self._deletes.clear()
+        self._pings.clear()
+        self._drain = []
+        for f in futs:
+            if not f.done():
+                f.set_exception(err)
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+        if self.link_up:
+            self.link_up = False
+            self._up.clear()
+            self.down_since = time.time()
+            self.down_reason = why
+            self.reconnect_attempts = 0
+            if self.on_link is not None:
+                self.on_link(False, why)
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._reconnect_loop())
+
+    _why: str | None = None  # set by _die: the reason the next connection_lost reports
+
+    async def _reconnect_loop(self) -> None:
+        delay = RECONNECT_MIN
+        while not self._closing:
+            await asyncio.sleep(delay)
+            if self._closing:
+                return
+            self.reconnect_attempts += 1
+            try:
+                await self._relink()
+                return
+            except HistoryLost as e:
+                if self.history_lost != str(e) and self.on_link is not None:
+                    self.history_lost = str(e)
+                    self.on_link(False, str(e))
+                self.history_lost = str(e)
+                self.last_error = str(e)
+            except (OSError, TimeoutError, LoggerError) as e:
+                self.last_error = str(e) or type(e).__name__
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    async def _relink(self) -> None:
+        """Connect, authenticate with HELLO_RESUME, check the logger's watermarks, resend."""
+        loop = asyncio.get_running_loop()
+        if self.transport is not None:  # a half-open attempt: wait for its connection_lost
+            self._lost = loop.create_future()
+            self.transport.abort()
+            await self._lost
+        self.decoder = wire.Decoder(self.decoder.max_frame)
+        self.nonce = os.urandom(wire.NONCE_LEN)
+        self.server_nonce = b""
+        self.flags |= wire.HELLO_RESUME
+        self._ready = loop.create_future()
+        self._resync = loop.create_future()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: self, self.host, self.port), self.timeout
+            )
+            await asyncio.wait_for(asyncio.shield(self._ready), self.timeout)
+            acks = await asyncio.wait_for(asyncio.shield(self._resync), self.timeout)
+            self._check_history(acks)
+        except BaseException:
+            if self.transport is not None:
+                self._lost = loop.create_future()
+                self.transport.abort()
+                await self._lost
+            raise
+        finally:
+            self._resync = None
+        # the logger holds everything it acknowledged: take its watermarks, resend the rest
+        self.history_lost = None
+        self._link_base = self.batch_acked
+        assert not self._unacked or self._unacked[0][0] == self.batch_acked + 1
+        self._acks(acks)
+        t = self.transport
+        assert t is not None
+        frames = list(self._unacked)
+        for _, frame, _ in frames:
+            t.write(frame)
+        self.link_up = True
+        self._up.set()
+        self.reconnects += 1
+        down = time.time() - (self.down_since or time.time())
+        self.down_since = None
+        self.last_error = ""
+        if self.on_link is not None:
+            self.on_link(
+                True,
+                f"after {down:.1f} s; resent {sum(n for _, _, n in frames)} record(s) "
+                f"in {len(frames)} frame(s), {sum(len(f) for _, f, _ in frames)} bytes",
+            )
+
+    def _check_history(self, acks: list[wire.Ack]) -> None:
+        """Raise HistoryLost when the logger is behind what it acknowledged to us;
+        clamp its read watermark to the orders this client sent."""
+        hs: set[int] = set()
+        streams: dict[int, int] = {}
+        next_order = 0
+        for i, a in enumerate(acks):
+            t = type(a)
+            if t is wire.HandshakeAck:
+                hs.add(a.conn_id)  # type: ignore[union-attr]
+            elif t is wire.StreamAck:
+                streams[a.conn_id] = a.stable_seq  # type: ignore[union-attr]
+            elif t is wire.ReadsAck:
+                next_order = a.next_order  # type: ignore[union-attr]
+                if next_order > self._orders_sent:  # not ours (another run's reads)
+                    acks[i] = wire.ReadsAck(self._orders_sent)
+        expect = self.handshakes - self.finished - self._finishing
+        missing = sorted(expect - hs)
+        behind = sorted(
+            cid
+            for cid, (stable, _) in self.stable.items()
+            if cid in expect and cid in streams and seq.lt(streams[cid], stable)
+        )
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} acknowledged connection(s) unknown to it")
+        if behind:
+            problems.append(f"{len(behind)} stream(s) behind what it acknowledged")
+        if next_order < min(self.next_order, self._orders_sent):
+            problems.append(f"read order {next_order} < {self.next_order} acknowledged")
+        if problems:
+            raise HistoryLost(
+                f"the logger at {self.host}:{self.port} does not hold the history it "
+                f"acknowledged ({'; '.join(problems)}): a different data dir?"
+            )
+
+    async def wait_up(self) -> None:
+        """Until the link is up (at once when it is)."""
+        if self.closed is not None:
+            raise self.closed
+        await self._up.wait()
+
+    def link_status(self) -> dict[str, object]:
+        """For `ftcp status`: the link, the reconnect attempts, what is buffered."""
+        return {
+            "up": self.link_up,
+            "down_since": self.down_since,
+            "reason": self.down_reason,
+            "last_error": self.last_error,
+            "history_lost": self.history_lost,
+            "reconnect_attempts": self.reconnect_attempts,
+            "reconnects": self.reconnects,
+            "unacked_frames": len(self._unacked),
+            "unacked_records": self.unacked_records,
+            "unacked_bytes": self.unacked_bytes,
+            "intake_paused": self.pressure,
+        }
+
+    def _set_pressure(self) -> None:
+        if self.pressure:
+            if self.unacked_bytes <= self.max_unacked // 2:
+                self.pressure = False
+                if self.on_pressure is not None:
+                    self.on_pressure(False)
+        elif self.unacked_bytes > self.max_unacked:
+            self.pressure = True
+            if self.on_pressure is not None:
+                self.on_pressure(True)
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -154,14 +404,21 @@ class LoggerClient(asyncio.Protocol):
                 return
 
     def _die(self, err: Exception) -> None:
-        self.closed = err
+        if self.reconnect and not self._closing:
+            self._why = str(err)
+        else:
+            self.closed = err
         if self.transport is not None:
             self.transport.close()
 
     def _handle(self, f: wire.Frame) -> None:
         cls = type(f)
         if cls is wire.Acks:
-            self._acks(f.acks)  # type: ignore[union-attr]
+            rs = self._resync
+            if rs is not None and not rs.done() and self._ready is not None and self._ready.done():
+                rs.set_result(list(f.acks))  # type: ignore[union-attr]  # HELLO_RESUME's answer
+            else:
+                self._acks(f.acks)  # type: ignore[union-attr]
         elif cls is wire.Challenge:
             self.server_nonce = f.nonce  # type: ignore[union-attr]
             mac = wire.auth_mac(
@@ -222,13 +479,24 @@ class LoggerClient(asyncio.Protocol):
             if cls is wire.StreamAck:
                 stable[a.conn_id] = (a.stable_seq, a.ack_limit)  # type: ignore[union-attr]
             elif cls is wire.BatchAck:
-                self.batch_acked = max(self.batch_acked, a.batch)  # type: ignore[union-attr]
+                n = self._link_base + a.batch  # type: ignore[union-attr]  # per link on the wire
+                if n > self.batch_acked:
+                    self.batch_acked = n
+                    q = self._unacked
+                    if q:
+                        while q and q[0][0] <= n:
+                            _, fr, nrec = q.popleft()
+                            self.unacked_bytes -= len(fr)
+                            self.unacked_records -= nrec
+                        if self.pressure:
+                            self._set_pressure()
             elif cls is wire.ReadsAck:
                 self.next_order = max(self.next_order, a.next_order)  # type: ignore[union-attr]
             elif cls is wire.HandshakeAck:
                 self.handshakes.add(a.conn_id)  # type: ignore[union-attr]
             elif cls is wire.FinishedAck:
                 self.finished.add(a.conn_id)  # type: ignore[union-attr]
+                self._finishing.discard(a.conn_id)  # type: ignore[union-attr]
                 stable.pop(a.conn_id, None)  # type: ignore[union-attr]
             elif cls is wire.DeleteAck:
                 fut = self._deletes.pop(a.req_id, None)  # type: ignore[union-attr]
@@ -254,26 +522,54 @@ class LoggerClient(asyncio.Protocol):
     def _check(self) -> asyncio.Transport:
         if self.closed is not None:
             raise self.closed
-        assert self.transport is not None
+        if self.transport is None or (self.reconnect and not self.link_up):
+            raise LoggerError("the logger link is down")
         return self.transport
 
     def send(self, records: Sequence[Record]) -> int:
         """Log records (pipelined); returns the batch number of the last frame sent."""
         frame = wire.encode_records(records)
         if len(frame) - wire.HEADER_LEN <= MAX_BODY or len(records) == 1:
-            t = self._check()
-            t.write(frame)
-            self.batch += 1
-            return self.batch
+            if not self.reconnect:
+                self._check().write(frame)
+                self.batch += 1
+                return self.batch
+            for r in records:
+                t = type(r)
+                if t is ReadResult:
+                    if r.order >= self._orders_sent:  # type: ignore[union-attr]
+                        self._orders_sent = r.order + 1  # type: ignore[union-attr]
+                elif t is Finished:
+                    self._finishing.add(r.conn_id)
+            return self._send_frame(frame, len(records))
         half = len(records) // 2
         self.send(records[:half])
         return self.send(records[half:])
 
     def send_body(self, body: bytes) -> int:
-        """Send one pre-encoded RECORDS body (`wire.encode_records_body`)."""
-        t = self._check()
-        t.write(wire.frame(wire.FrameType.RECORDS, body))
+        """Send one pre-encoded RECORDS body (`wire.encode_records_body`).
+
+        With `reconnect`, use `send` for read results and Finished records (the
+        client must see them to check a resumed logger's history)."""
+        frame = wire.frame(wire.FrameType.RECORDS, body)
+        if not self.reconnect:
+            self._check().write(frame)
+            self.batch += 1
+            return self.batch
+        return self._send_frame(frame, 0)
+
+    def _send_frame(self, frame: bytes, nrec: int) -> int:
+        """Reconnecting: keep the frame until acked; write it now if the link is up."""
+        if self.closed is not None:
+            raise self.closed
         self.batch += 1
+        self._unacked.append((self.batch, frame, nrec))
+        self.unacked_bytes += len(frame)
+        self.unacked_records += nrec
+        if self.link_up and self.transport is not None:
+            self.transport.write(frame)
+        if not self.pressure and self.unacked_bytes > self.max_unacked:
+            self._set_pressure()
         return self.batch
 
     async def drain(self) -> None:
@@ -289,13 +585,30 @@ class LoggerClient(asyncio.Protocol):
         n = self.batch if batch is None else batch
         if self.batch_acked >= n:
             return
-        self._check()
+        if self.closed is not None:
+            raise self.closed
+        if not self.reconnect:  # reconnecting: the wait survives link loss
+            self._check()
         fut = asyncio.get_running_loop().create_future()
         self._batch_waiters.append((n, fut))
         await fut
 
     async def recover(self) -> list[ConnectionLog]:
-        """Every live connection of the application, as the logger stores it."""
+        """Every live connection of the application, as the logger stores it.
+
+        Reconnecting: waits while the link is down, and asks again when it
+        breaks before the answer is complete."""
+        if not self.reconnect:
+            return await self._recover_once()
+        while True:
+            await self.wait_up()
+            try:
+                return await self._recover_once()
+            except LoggerError:
+                if self.closed is not None:
+                    raise
+
+    async def _recover_once(self) -> list[ConnectionLog]:
         t = self._check()
         req = next(self._req)
         fut: asyncio.Future[list] = asyncio.get_running_loop().create_future()
@@ -328,6 +641,12 @@ class LoggerClient(asyncio.Protocol):
             self.transport.abort()
 
     async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         await asyncio.sleep(0)

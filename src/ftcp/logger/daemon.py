@@ -55,7 +55,7 @@ class LoggerConfig:
     frame_timeout: float = 30.0
     retry_interval: float = 1.0
     max_frame: int = wire.DEFAULT_MAX_FRAME
-    nagle: bool = True  # Nagle on accepted connections (the paper's default; Table IV: off)
+    nagle: bool = False  # Nagle on accepted connections (off: see `ftcp logger --help`)
 
 
 def _name(f: wire.Frame) -> str:

@@ -193,6 +193,8 @@ class AppState:
                     if cid not in deleted:
                         out.errors.append(f"ReadResult for unknown connection {cid}")
                     continue
+                if o < self.next_order or o in self._ooo_set:
+                    continue  # already stored: a supervisor resending after a reconnect
                 c.reads.append((o, kind, length))
                 if o == self.next_order:
                     self.next_order = o + 1
@@ -233,16 +235,23 @@ class AppState:
             if wm is None or r.total >= wm.total:  # type: ignore[union-attr]
                 c.write_mark = r  # type: ignore[assignment]
         elif cls is Close:
-            c.closes.append(r)  # type: ignore[arg-type]
+            if r not in c.closes:  # a resend after a reconnect is not a second close
+                c.closes.append(r)  # type: ignore[arg-type]
         elif cls is Finished:
             c.finished = True
             out.finished.append(cid)
             if not self.whole_history:
+                # what this batch logged before the Finished (a client FIN, typically)
+                # is acknowledged all the same: the SSW may be waiting for it
+                touched.discard(cid)
+                rs = c.reasm
+                w = (rs.stable_seq, rs.ack_limit)
+                if w != c.acked:
+                    c.acked = w
+                    out.streams[cid] = w
                 del self.conns[cid]
                 self.deleted.add(cid)
                 out.tombstones.add(cid)
-                touched.discard(cid)
-                out.streams.pop(cid, None)
         else:  # pragma: no cover - wire decodes only the types above
             raise LocalProtocolError(f"cannot apply {r!r}")
 

@@ -307,10 +307,7 @@ class Engine:
         if p.id in self._pkts and p.id not in self._held:
             # the core neither delivered, dropped nor held it (it raised): fail closed
             self._verdict_drop(p.id)
-        if c.core.state is State.CLOSED or (
-            c.app_closed and c.client_fin and c.server_fin and c.finished_at is None
-        ):
-            self._finish(c, now)
+        self._maybe_finish(c, now)
 
     def _reset_unaccepted(self, c: Conn, p: QueuedPacket, pkt: TcpPacket, now: float) -> None:
         """The server's TCP resets a connection the application never accepted.
@@ -507,6 +504,16 @@ class Engine:
 
     # ---------------------------------------------------------------- lifecycle
 
+    def _maybe_finish(self, c: Conn, now: float) -> None:
+        """Finish a connection that is over: reset, or closed both ways with the client's
+        FIN logged (a `Finished` sent before that would leave the FIN unacknowledged)."""
+        if c.finished_at is not None:
+            return
+        if c.core.state is State.CLOSED or (
+            c.app_closed and c.client_fin and c.server_fin and c.core.fin_logged
+        ):
+            self._finish(c, now)
+
     def _finish(self, c: Conn, now: float) -> None:
         """The connection is over: tell the core (its records may go), forget it later."""
         if c.finished_at is not None:
@@ -589,6 +596,7 @@ class Engine:
             c = self.by_id.get(cid)
             if c is not None:
                 self._feed(c, LoggerAck(now, stable_seq=stable, fin=limit != stable))
+                self._maybe_finish(c, now)
         self._after_batch()
 
     # ---------------------------------------------------------------- NSW reads
