@@ -61,7 +61,7 @@ from ftcp.core.conn import State
 from ftcp.core.events import Finish, ProcessDied, Rebuild, Repaired, ReplayDone
 from ftcp.core.packet import ACK, RST, build_tcp
 from ftcp.core.replay import RecoveryPlan, plan_recovery, recovery_order
-from ftcp.nsw.agent import AcceptInfo, Agent, Decision, Replay, SessionInfo
+from ftcp.nsw.agent import AcceptInfo, Agent, Decision, Replay, SessionInfo, process_alive
 from ftcp.nsw.proto import How, Kind, MarkReason, MismatchCode
 from ftcp.ssw.engine import AgentBridge, Conn, Engine
 from ftcp.tcprepair import RepairError, repair_in_place
@@ -87,17 +87,6 @@ def listening(port: int) -> bool:
             if len(f) > 3 and f[3] == "0A" and f[1].endswith(want):
                 return True
     return False
-
-
-def process_alive(pid: int) -> bool:
-    """Running and not exiting (a dying process's sockets are closing)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    fields = stat[stat.rfind(")") + 2 :].split()
-    pf_exiting = 0x4
-    return fields[0] not in ("Z", "X") and not int(fields[6]) & pf_exiting
 
 
 @dataclass(slots=True)

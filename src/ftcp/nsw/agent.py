@@ -217,7 +217,7 @@ def _libc() -> ctypes.CDLL:
     return _LIBC
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Running and not exiting (a dying process's fds do not count)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -246,7 +246,7 @@ def socket_holders(fd: int, exclude: set[int]) -> set[int]:
         for f in fds:
             try:
                 if os.readlink(f"/proc/{pid}/fd/{f}") == target:
-                    if _alive(pid):
+                    if process_alive(pid):
                         found.add(pid)
                     break
             except OSError:
@@ -667,7 +667,8 @@ class Agent:
             c.holders.discard(s.id)
             if c.holders or c.fd is None:
                 continue
-            exclude = {s.info.pid} if s.info is not None and not _alive(s.info.pid) else set()
+            dead = s.info is not None and not process_alive(s.info.pid)
+            exclude = {s.info.pid} if dead else set()
             if socket_holders(c.fd, exclude):
                 c.shared = True  # held by a process without a session (exec'd image)
                 continue
