@@ -44,7 +44,7 @@ def test_bench_paper_quick_10_100(tmp_path: Path) -> None:
     r = subprocess.run(
         [*FTCP, "bench", "paper", "--quick", "--runs", "2", "--topology", "10-100",
          "--out", str(out)],  # fmt: skip
-        capture_output=True, text=True, timeout=240,
+        capture_output=True, text=True, timeout=420,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     report = (out / "report.md").read_text()
@@ -112,13 +112,43 @@ def test_bench_paper_quick_10_100(tmp_path: Path) -> None:
     # Tables IV and V: a cell is a number or says "not measured" (with a reason listed)
     t4 = report.split("## Table IV", 1)[1].split("\n## ", 1)[0]
     assert "| 10-100 | Clean |" in t4
+    # Table V is measured: both setups of the 10-100 lab, the paper's handshake restore
+    # and the repair restore (extra rows), every cell a number next to the paper's
     t5 = report.split("## Table V", 1)[1].split("\n## ", 1)[0]
-    for setup in ("10-100", "Local"):
-        assert f"| {setup} |" in t5
-    for setup, e in doc["recovery"].items():
-        if e["status"] != "measured":
-            assert e["reason"] and e["reason"] in report, setup
+    assert NM not in t5
+    assert "Table V" not in report.split("## Not measured, and why", 1)[1]
+    assert doc["recovery_runs"] == 2  # --quick: as many runs as the other tables
+    assert set(doc["recovery"]) == {"10-100", "local", "10-100 repair", "local repair"}
     assert "10-10" not in doc["recovery"]  # only setups of the measured topologies
+    t5rows = {}  # (setup, restore) -> cells
+    for line in t5.splitlines():
+        if line.startswith(("| 10-100 |", "| Local |")):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            t5rows[(cells[0], cells[1])] = cells
+    for key, e in doc["recovery"].items():
+        setup, restore = e["setup"], e["restore"]
+        assert key == (setup if restore == "handshake" else f"{setup} repair")
+        assert e["status"] == "measured", (key, e["reason"], e.get("failures"))
+        samples = e["samples"]
+        assert len(samples) == 2
+        for smp in samples:
+            assert 0 < smp["restart_s"] < 5 and 0 < smp["replay_s"] < 10, smp
+            assert smp["reads"] >= 1 and smp["fetch_ms"] / 1e3 <= smp["replay_s"]
+        s = e["summary"]
+        reads = [smp["replay_s"] * 1e3 / smp["reads"] for smp in samples]
+        assert s["read_ms"] == pytest.approx(sum(reads) / 2, rel=1e-9)
+        label = restore if restore == "handshake" else f"{restore}†"  # † not in the paper
+        row = t5rows[("Local" if setup == "local" else setup, label)]
+        assert row[2] == f"{s['restart_ms']:.2f} ± {s['restart_ci_ms']:.2f}"
+        assert row[4] == f"{s['replay_s'] * 1e3:.2f} ± {s['replay_ci_s'] * 1e3:.2f}"
+        assert row[6] == f"{s['read_ms']:.4f} ± {s['read_ci_ms']:.4f}"
+        assert row[11] == "2"
+        p = pub.RECOVERY[setup]
+        if restore == "handshake":  # the paper's values alongside
+            assert row[3] == f"{p.restart_ms:.2f} ± {p.restart_err_ms:.2f}"
+            assert row[5] == f"{p.replay_s * 1e3:.2f} ± {p.replay_err_s * 1e3:.2f}"
+        else:  # not in the paper
+            assert row[3] == row[5] == "—"
 
     # figures
     for name in ("fig3.png", "fig4.png", "fig3-10-100.png", "fig4-10-100.png"):

@@ -26,9 +26,12 @@ is reported as *not measured* with the reason, never with invented numbers.
   on the logger's ack stream; the logger needs a `--nagle/--no-nagle` switch
   for that (`logger_nagle_switch()`), otherwise the Nagle-off rows are not
   measured.
-* Table V (recovery) is measured by `RECOVERY_PROBE`, a function the
-  supervisor's crash recovery plugs in (see `RecoveryContext`); while it is
-  None, Table V is not measured.
+* Table V (recovery) is measured by `RECOVERY_PROBE` (see `RecoveryContext`),
+  by default `kill9_probe` (the `ftcp bench recovery` harness: kill -9 of the
+  server application after a logged 1 MB upload), for the paper's handshake
+  restore and, as extra rows not in the paper, `--restore repair`. 20 runs per
+  cell as the paper (`--quick`: as many as the other tables, at most 3); if it
+  is None, Table V is not measured.
 
 Output: `report.md`, `results.json` (every raw run, with the sufficient
 statistics the pooled figures are recomputed from), `fig3.png`, `fig4.png`
@@ -333,6 +336,10 @@ CONFIGURATIONS: list[Configuration] = default_configurations()
 # --- recovery (Table V) hook ----------------------------------------------------------------
 
 
+RESTORES = ("handshake", "repair")  # the paper's rebuild (a replayed handshake) first
+RESTORE_IN_PAPER = "handshake"
+
+
 @dataclass
 class RecoveryContext:
     """One Table V run: the probe protects a discard server, has the client send
@@ -346,17 +353,43 @@ class RecoveryContext:
     logger_port: int
     work: Path
     transfer_bytes: int = TRANSFER_BYTES
+    restore: str = RESTORE_IN_PAPER  # `ftcp run --restore`: "handshake" (paper) | "repair"
 
 
 @dataclass(frozen=True)
 class RecoverySample:
-    restart_s: float  # recovery start -> rebuilt connection accepted (process restart + SYN)
-    replay_s: float  # replay of the logged reads through NSW
+    restart_s: float  # death -> rebuilt kernel connection (without the app's start-up)
+    replay_s: float  # log fetch + instream refill + the logged reads played back through NSW
     reads: int  # read calls replayed (avg read time = replay_s / reads)
+    extra: dict[str, Any] = field(default_factory=dict)  # the probe's other figures
 
 
 RecoveryProbe = Callable[[RecoveryContext], RecoverySample]
-RECOVERY_PROBE: RecoveryProbe | None = None
+
+
+def kill9_probe(ctx: RecoveryContext) -> RecoverySample:
+    """The default probe: `ftcp.bench.recovery.run_in_lab` (the harness of `ftcp bench
+    recovery`): a server that reads the 1 MB upload under `ftcp run --restore
+    <ctx.restore>`, kill -9 once it is all logged, the supervisor's own timings."""
+    from ftcp.bench import recovery as rec
+
+    r = rec.run_in_lab(
+        ctx.lab, ctx.transfer_bytes, ctx.logger_host == "server", ctx.restore,
+        ctx.port, ctx.logger_port, ctx.work,
+    )  # fmt: skip
+    if not r["ok"]:
+        raise RuntimeError(
+            "the recovered connection did not answer correctly"
+            + (" (not rebuilt by TCP_REPAIR)" if ctx.restore == "repair" else "")
+        )
+    if r["reads"] < 1:
+        raise RuntimeError("the restarted application reported no replayed reads")
+    extra = {k: r[k] for k in ("fetch_ms", "startup_ms", "stall_ms", "total_ms",
+                               "queued_mb", "original_reads")}  # fmt: skip
+    return RecoverySample(r["restart_ms"] / 1e3, r["replay_ms"] / 1e3, r["reads"], extra)
+
+
+RECOVERY_PROBE: RecoveryProbe | None = kill9_probe
 
 
 def recovery_unavailable() -> str | None:
@@ -621,45 +654,79 @@ def recovery_setups(topologies: Sequence[str]) -> list[str]:
     return [s for s in pub.RECOVERY_SETUPS if s == "local" or s in topologies]
 
 
-def measure_recovery(runs: int, topologies: Sequence[str], out: Path) -> dict[str, Any]:
+def recovery_key(setup: str, restore: str) -> str:
+    """`results.json` key of a Table V cell: the setup (the paper's restore) or
+    "<setup> repair" (not in the paper)."""
+    return setup if restore == RESTORE_IN_PAPER else f"{setup} {restore}"
+
+
+def measure_recovery(
+    runs: int,
+    topologies: Sequence[str],
+    out: Path,
+    restores: Sequence[str] = RESTORES,
+    progress: Progress | None = None,
+    runs_of: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Table V: `runs` runs per (setup, restore) cell (`runs_of[restore]` if given)."""
     why = recovery_unavailable()
     setups = recovery_setups(topologies)
+    keys = [(s, r) for s in setups for r in restores]
     if why is not None or RECOVERY_PROBE is None:
-        return {s: {"status": "not measured", "reason": why, "samples": []} for s in setups}
+        return {
+            recovery_key(s, r): {"status": "not measured", "reason": why, "samples": [],
+                                 "setup": s, "restore": r}
+            for s, r in keys
+        }  # fmt: skip
     from ftcp.lab import net
 
+    prog = progress or _NoProgress()
     probe = RECOVERY_PROBE
     result: dict[str, Any] = {}
-    for setup in setups:
-        topo = "10-100" if setup == "local" else setup
+    by_topo: dict[str, list[tuple[str, str]]] = {}
+    for s, r in keys:  # one lab per topology: Local rides the 10-100 lab
+        by_topo.setdefault("10-100" if s == "local" else s, []).append((s, r))
+    for topo, cells in by_topo.items():
         lab = net.up(topo, "r" + secrets.token_hex(4)[:7])
-        samples: list[dict[str, Any]] = []
-        failures: list[str] = []
         try:
-            for i in range(runs):
-                work = out / "work" / "recovery" / f"{setup}-{i + 1}"
-                work.mkdir(parents=True, exist_ok=True)
-                ctx = RecoveryContext(
-                    lab, setup, "server" if setup == "local" else "logger",
-                    SERVER_PORT_BASE + 50 + i, LOGGER_PORT_BASE + 50 + i, work,
-                )  # fmt: skip
-                try:
-                    s = probe(ctx)
-                    samples.append(
-                        {"restart_s": s.restart_s, "replay_s": s.replay_s, "reads": s.reads}
-                    )
-                except Exception as e:  # noqa: BLE001
-                    failures.append(f"run {i + 1}: {e}")
-                finally:
-                    shutil.rmtree(work, ignore_errors=True)
+            for setup, restore in cells:
+                cell = len(result)
+                key = recovery_key(setup, restore)
+                samples: list[dict[str, Any]] = []
+                failures: list[str] = []
+                n = (runs_of or {}).get(restore, runs)
+                for i in range(n):
+                    prog.describe(f"Table V {key}: run {i + 1}/{n}")
+                    work = out / "work" / "recovery" / f"{key.replace(' ', '-')}-{i + 1}"
+                    work.mkdir(parents=True, exist_ok=True)
+                    off = 100 + 40 * cell + i
+                    ctx = RecoveryContext(
+                        lab, setup, "server" if setup == "local" else "logger",
+                        SERVER_PORT_BASE + off, LOGGER_PORT_BASE + off, work,
+                        restore=restore,
+                    )  # fmt: skip
+                    try:
+                        smp = probe(ctx)
+                        samples.append(
+                            {"run": i + 1, "restart_s": smp.restart_s, "replay_s": smp.replay_s,
+                             "reads": smp.reads, **smp.extra}
+                        )  # fmt: skip
+                    except Exception as e:  # noqa: BLE001 - a failed run is data, reported
+                        failures.append(f"run {i + 1}: {e}"[:500])
+                    finally:
+                        shutil.rmtree(work, ignore_errors=True)
+                        prog.advance()
+                entry: dict[str, Any] = {"setup": setup, "restore": restore,
+                                         "samples": samples, "failures": failures}  # fmt: skip
+                if len(samples) >= 2:
+                    entry.update(status="measured", summary=summarize_recovery(samples),
+                                 reason=f"{len(failures)} of {n} runs failed" if failures
+                                 else "")  # fmt: skip
+                else:
+                    entry.update(status="not measured", reason=(failures or ["too few runs"])[0])
+                result[key] = entry
         finally:
             lab.down()
-        entry: dict[str, Any] = {"samples": samples, "failures": failures}
-        if len(samples) >= 2:
-            entry.update(status="measured", reason="", summary=summarize_recovery(samples))
-        else:
-            entry.update(status="not measured", reason=(failures or ["too few runs"])[0])
-        result[setup] = entry
     return result
 
 
@@ -669,14 +736,29 @@ def summarize_recovery(samples: list[dict[str, Any]]) -> dict[str, float]:
     restart = mean_ci([s["restart_s"] * 1e3 for s in samples])
     replay = mean_ci([s["replay_s"] for s in samples])
     read = mean_ci([s["replay_s"] * 1e3 / max(1, s["reads"]) for s in samples])
-    return {
+    out = {
         "restart_ms": restart.mean, "restart_ci_ms": restart.ci,
         "replay_s": replay.mean, "replay_ci_s": replay.ci,
         "read_ms": read.mean, "read_ci_ms": read.ci,
+        "reads": sum(s["reads"] for s in samples) / len(samples),
     }  # fmt: skip
+    for k in ("fetch_ms", "startup_ms", "stall_ms"):
+        vals = [float(s[k]) for s in samples if s.get(k) is not None]
+        if len(vals) == len(samples):
+            m = mean_ci(vals)
+            out[k], out[k.replace("_ms", "_ci_ms")] = m.mean, m.ci
+    return out
 
 
 # --- machine description ----------------------------------------------------------------------
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (other work on the machine skews timings)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def machine() -> dict[str, Any]:
@@ -696,6 +778,7 @@ def machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "tcpdump": tcpdump,
+        "load_start": load_average(),
     }
 
 
@@ -792,6 +875,10 @@ NM = "not measured"
 
 def _f(v: float | None, digits: int = 2) -> str:
     return NM if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _load(v: list[float] | None) -> str:
+    return "?" if not v else " ".join(f"{x:.2f}" for x in v)
 
 
 def _pm(v: float, e: float, digits: int = 2) -> str:
@@ -896,34 +983,102 @@ def _nagle_table(doc: dict[str, Any], notes: list[str]) -> list[str]:
 
 def _recovery_table(doc: dict[str, Any], notes: list[str]) -> list[str]:
     lines = [
-        "| Setup | Restart ms (ours ± CI) | paper | Replay s (ours ± CI) | paper "
-        "| Avg. read ms (ours ± CI) | paper | runs |",
-        "|" + "---|" * 8,
+        "| Setup | Restore | Restart ms (ours ± 95% CI) | paper | Replay ms (ours ± 95% CI) "
+        "| paper | Avg. read ms (ours ± 95% CI) | paper | reads/run (ours) | paper "
+        "| of replay: log fetch ms (ours) | runs |",
+        "|" + "---|" * 12,
     ]
-    for setup in pub.RECOVERY_SETUPS:
-        p = pub.RECOVERY[setup]
-        e = doc["recovery"].get(setup)
-        name = {"local": "Local"}.get(setup, setup)
-        if e is None:
-            continue
-        if e["status"] == "measured":
-            s = e["summary"]
-            ours = [
-                _pm(s["restart_ms"], s["restart_ci_ms"]),
-                _pm(s["replay_s"], s["replay_ci_s"], 3),
-                _pm(s["read_ms"], s["read_ci_ms"], 3),
-            ]
-            n = str(len(e["samples"]))
-        else:
-            ours = [NM, NM, NM]
-            n = "0"
-            notes.append(f"Table V {name}: not measured — {e['reason']}")
-        lines.append(
-            f"| {name} | {ours[0]} | {_pm(p.restart_ms, p.restart_err_ms)} | {ours[1]} "
-            f"| {p.replay_s:.3f} ± {p.replay_err_s:.5f} | {ours[2]} "
-            f"| {p.read_ms:.3f} ± {p.read_err_ms:.4f} | {n} |"
-        )
+    rec = doc["recovery"]
+    for restore in RESTORES:
+        for setup in pub.RECOVERY_SETUPS:
+            e = rec.get(recovery_key(setup, restore))
+            if e is None:
+                continue
+            p = pub.RECOVERY[setup]
+            name = {"local": "Local"}.get(setup, setup)
+            in_paper = restore == RESTORE_IN_PAPER
+            if e["status"] == "measured":
+                s = e["summary"]
+                ours = [
+                    _pm(s["restart_ms"], s["restart_ci_ms"]),
+                    _pm(s["replay_s"] * 1e3, s["replay_ci_s"] * 1e3),
+                    _pm(s["read_ms"], s["read_ci_ms"], 4),
+                    f"{s['reads']:.1f}",
+                    _pm(s["fetch_ms"], s["fetch_ci_ms"]) if "fetch_ms" in s else "—",
+                ]
+                n = str(len(e["samples"]))
+                if e.get("reason"):
+                    notes.append(f"Table V {name} ({restore}): {e['reason']}")
+            else:
+                ours = [NM] * 5
+                n = "0"
+                notes.append(f"Table V {name} ({restore}): not measured — {e['reason']}")
+            if in_paper:
+                paper = [
+                    _pm(p.restart_ms, p.restart_err_ms),
+                    _pm(p.replay_s * 1e3, p.replay_err_s * 1e3),
+                    f"{p.read_ms:.3f} ± {p.read_err_ms:.4f}",
+                    f"{p.replay_s / p.read_ms * 1e3:.0f}",
+                ]
+                label = restore
+            else:
+                paper = ["—"] * 4
+                label = f"{restore}†"
+            lines.append(
+                f"| {name} | {label} | {ours[0]} | {paper[0]} | {ours[1]} | {paper[1]} "
+                f"| {ours[2]} | {paper[2]} | {ours[3]} | {paper[3]} | {ours[4]} | {n} |"
+            )
     return lines
+
+
+RECOVERY_TEXT = """\
+Per run (`ftcp.bench.paper.kill9_probe`, the harness of `ftcp bench recovery`): a server
+under `ftcp run` reads a 1 MB upload (all of it logged: 1 MB of instream to refill and
+the read results to replay), is killed with SIGKILL, and the supervisor restarts and
+recovers it; the figures are the supervisor's own timestamps. {runs} runs per cell
+(the paper: {paper_runs}); mean ± 95% CI (Student t).
+
+* **Restart**: the application's death → rebuilt kernel connection (the replayed
+  handshake completed, or, for `repair`, the accepted socket repaired in place):
+  detection, waiting for the logger to acknowledge what was sent before the crash,
+  planning, and the rebuild once the restarted application listens. It excludes the
+  application's own start-up (spawn → listening: a Python interpreter here,
+  "app start-up" below) and the log transfer (counted in replay), as the paper's
+  restart excludes the server's start-up.
+* **Replay**: fetching the connection's logs from the logger (the "log fetch" column;
+  over the 10 Mbit/s link in `10-10`, a loopback connection for Local) + refilling the
+  logged instream into the new connection (SSW-injected client segments; `repair`
+  puts it straight into the receive queue) + serving every logged read result
+  through NSW until the last one is replayed.
+* **Average read time** = replay / reads, reads = read calls of the restarted
+  application served from the log (our server reads with 64 KB `recv`s; the paper's
+  numbers imply ~1,400 reads for 1 MB). The paper's "reads/run" is its replay time /
+  its average read time.
+* **Restore** `handshake` is the paper's rebuild (a SYN replayed with the client's
+  ISN). `repair`† is not in the paper: the restarted application's connection is
+  rebuilt with Linux `TCP_REPAIR` and the logged instream queued directly.
+* **Local**: logger in the server's host (loopback), client on the 10-100 lab.
+* Client-visible stall (kill → answer to a 1-byte request sent right after the kill,
+  includes the application's start-up and a client retransmission timeout):
+  {stalls}.
+"""
+
+
+def _recovery_text(doc: dict[str, Any]) -> str:
+    stalls = []
+    for key, e in doc["recovery"].items():
+        s = e.get("summary") or {}
+        if "stall_ms" in s and "startup_ms" in s:
+            stalls.append(f"{key} {s['stall_ms']:.0f} ms (app start-up {s['startup_ms']:.0f} ms)")
+    of = doc.get("recovery_runs_of") or {}
+    runs = doc.get("recovery_runs", doc["runs"])
+    if of and len(set(of.values())) > 1:
+        runs = ", ".join(f"{v} ({k})" for k, v in of.items())
+    return RECOVERY_TEXT.format(
+        runs=runs,
+        paper_runs=pub.RECOVERY_RUNS,
+        stalls="; ".join(stalls) or "not measured",
+    )
 
 
 METHODOLOGY = """\
@@ -995,6 +1150,8 @@ def render_report(doc: dict[str, Any]) -> str:
         f"| cores | {m['cores']} |",
         f"| Python | {m['python']} |",
         f"| capture | {m['tcpdump']} |",
+        f"| load average (1/5/15 min) at start / end | {_load(m.get('load_start'))} / "
+        f"{_load(m.get('load_end'))} (other work ran on the machine concurrently) |",
         f"| paper's machines | {pub.PAPER_MACHINES} |",
         "",
         "## Methodology",
@@ -1031,13 +1188,10 @@ def render_report(doc: dict[str, Any]) -> str:
         L.append("")
     L.append("## Table V — recovery")
     L.append("")
-    L.append(
-        "Restart: recovery start → rebuilt connection accepted (process restart plus the "
-        "replayed SYN); replay: logged reads played back through NSW; average read time = "
-        "replay / reads. 1 MB logged; Local = logger in the server's host."
-    )
-    L.append("")
+    L.append(_recovery_text(doc))
     L += _recovery_table(doc, notes)
+    L.append("")
+    L.append("† not in the paper: rebuilt with `TCP_REPAIR` instead of a replayed handshake.")
     L.append("")
     figs = doc.get("figures")
     if figs and figs.get("files"):
@@ -1082,6 +1236,8 @@ def run(
     configs: Sequence[Configuration] | None = None,
     command: str = "ftcp bench paper",
     show_progress: bool = True,
+    recovery_runs: int | None = None,
+    repair_runs: int | None = None,
 ) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import (
@@ -1107,6 +1263,13 @@ def run(
     nruns = runs if runs is not None else (QUICK_RUNS if quick else FULL_RUNS)
     if nruns < 1:
         raise UserError("--runs must be at least 1")
+    # Table V: the paper's 20 runs per cell (--quick: as many as the other tables)
+    rruns = recovery_runs if recovery_runs is not None else (
+        min(nruns, QUICK_RUNS) if quick else pub.RECOVERY_RUNS
+    )  # fmt: skip
+    runs_of = {r: rruns for r in RESTORES}
+    if repair_runs is not None:
+        runs_of["repair"] = repair_runs
     net.require_root()
     if shutil.which("tcpdump") is None:
         raise UserError("tcpdump is not installed (the paper's methodology needs a capture)")
@@ -1121,6 +1284,8 @@ def run(
         "command": command,
         "quick": quick,
         "runs": nruns,
+        "recovery_runs": rruns,
+        "recovery_runs_of": runs_of,
         "transfer_bytes": TRANSFER_BYTES,
         "kb": KB,
         "machine": machine(),
@@ -1131,6 +1296,7 @@ def run(
     }
     n_off = sum(1 for c in cfgs if c.protected and c.in_paper)
     total = len(topos) * (len(cfgs) + n_off) * nruns
+    total += len(recovery_setups(topos)) * sum(runs_of.values())
     console = Console(stderr=True)
 
     class _Rich:
@@ -1155,18 +1321,20 @@ def run(
                 prog.describe(f"{topo}: building the lab")
                 doc["topologies"][topo] = measure_topology(topo, cfgs, nruns, out, prog)
             prog.describe("recovery (Table V)")
-            doc["recovery"] = measure_recovery(nruns, topos, out)
+            doc["recovery"] = measure_recovery(rruns, topos, out, RESTORES, prog, runs_of)
     except KeyboardInterrupt:
         doc["interrupted"] = True
         console.print("interrupted: writing what was measured")
     finally:
         shutil.rmtree(out / "work", ignore_errors=True)
     doc["wall_s"] = time.monotonic() - t_start
+    doc["machine"]["load_end"] = load_average()
     if not doc["recovery"]:
         doc["recovery"] = {
-            s: {"status": "not measured", "reason": "interrupted", "samples": []}
-            for s in recovery_setups(topos)
-        }
+            recovery_key(s, r): {"status": "not measured", "reason": "interrupted",
+                                 "samples": [], "setup": s, "restore": r}
+            for s in recovery_setups(topos) for r in RESTORES
+        }  # fmt: skip
     draw_figures(doc, out)
     (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
     (out / "report.md").write_text(render_report(doc))
@@ -1188,9 +1356,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--port", type=int, required=True)
     c.add_argument("--bytes", type=int, default=TRANSFER_BYTES)
     c.add_argument("--timeout", type=float, default=RUN_TIMEOUT)
+    b = sub.add_parser("bench", help="`ftcp bench paper` with Table V's run counts set")
+    b.add_argument("--out", type=Path, default=Path("bench-out/paper"))
+    b.add_argument("--runs", type=int, default=None)
+    b.add_argument("--quick", action="store_true")
+    b.add_argument("--topology", action="append", default=None)
+    b.add_argument("--recovery-runs", type=int, default=None)
+    b.add_argument("--repair-runs", type=int, default=None)
     a = p.parse_args(argv)
     if a.cmd == "serve":
         return serve(a.bind, a.port, a.rcvbuf)
+    if a.cmd == "bench":
+        cmd = ["python", "-m", "ftcp.bench.paper", "bench"] + (["--quick"] if a.quick else [])
+        for opt, v in (("--runs", a.runs), ("--recovery-runs", a.recovery_runs),
+                       ("--repair-runs", a.repair_runs)):  # fmt: skip
+            cmd += [] if v is None else [opt, str(v)]
+        cmd += [x for t in a.topology or () for x in ("--topology", t)]
+        run(a.topology, a.runs, a.quick, a.out, command=" ".join(cmd),
+            recovery_runs=a.recovery_runs, repair_runs=a.repair_runs)  # fmt: skip
+        return 0
     print(json.dumps(send(a.to, a.port, a.bytes, a.timeout)), flush=True)
     return 0
 
