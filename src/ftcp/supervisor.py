@@ -57,7 +57,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ftcp.core.ackpolicy import make_policy
 from ftcp.errors import UserError
@@ -341,7 +341,7 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
         stopper = asyncio.ensure_future(stop.wait())
         try:
             while True:
-                done, _ = await asyncio.wait({waiter, stopper}, timeout=1.0)
+                done = await _next_event(waiter, stopper, 1.0)
                 if waiter in done and stopper not in done and waiter.result() < 0:
                     new = await recovery.on_death(waiter.result())  # ftcp.recovery
                     if new is not None:
@@ -445,6 +445,20 @@ class _LoggerLink:
         else:
             self.loop.add_reader(fd, self.engine_box[0]._on_queue)
             log.warning("logger backlog drained: reading the queue again")
+
+
+async def _next_event(
+    waiter: asyncio.Future[int], stopper: asyncio.Future[bool], timeout: float
+) -> set[asyncio.Future[Any]]:
+    """The futures done among the application's exit (`waiter`) and a stop request
+    (`stopper`), as soon as either is, or none after `timeout` (the status tick).
+    FIRST_COMPLETED matters: with asyncio.wait's default (ALL_COMPLETED) a crash would
+    only be seen at the next tick, up to `timeout` after the death, and the client
+    would stall that long before recovery even starts."""
+    done, _ = await asyncio.wait(
+        {waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+    )
+    return done
 
 
 async def _refresh_status(

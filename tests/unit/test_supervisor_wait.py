@@ -1,0 +1,38 @@
+"""The supervisor sees the application's death at once, not at its next status tick."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from ftcp.supervisor import _next_event
+
+
+def test_death_is_seen_before_the_tick() -> None:
+    async def go() -> tuple[bool, float]:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[int] = loop.create_future()
+        stopper: asyncio.Future[bool] = loop.create_future()  # never set: no stop request
+        loop.call_later(0.01, waiter.set_result, -9)  # SIGKILL
+        t0 = time.monotonic()
+        done = await _next_event(waiter, stopper, 2.0)
+        took = time.monotonic() - t0
+        stopper.cancel()
+        return done == {waiter}, took
+
+    seen, took = asyncio.run(go())
+    assert seen and took < 0.5  # the exit alone, not held until the 2 s tick
+
+
+def test_stop_request_and_tick() -> None:
+    async def go() -> tuple[bool, bool, bool]:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[int] = loop.create_future()
+        stopper: asyncio.Future[bool] = loop.create_future()
+        idle = await _next_event(waiter, stopper, 0.02)  # nothing happened: the tick
+        stopper.set_result(True)
+        stopped = await _next_event(waiter, stopper, 2.0)
+        waiter.cancel()
+        return not idle, stopper in stopped, waiter not in stopped
+
+    assert all(asyncio.run(go()))
