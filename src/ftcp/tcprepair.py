@@ -92,7 +92,12 @@ def _repair(s: socket.socket, spec: RepairSpec) -> RepairResult:
     step = "repair on"
     touched = False
     fd = s.fileno()
+    # repair on/off clobbers sk_reuse (on: force reuse; off: none); without restoring it,
+    # the repaired socket, still held by the agent after a later crash, makes the next
+    # incarnation's SO_REUSEADDR bind to the port fail (EADDRINUSE)
+    reuse = 0
     try:
+        reuse = s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
         s.setsockopt(tcp, TCP_REPAIR, 1)
         local, peer = s.getsockname(), s.getpeername()
         step = "disconnect"
@@ -138,10 +143,12 @@ def _repair(s: socket.socket, spec: RepairSpec) -> RepairResult:
         )
         step = "repair off"
         s.setsockopt(tcp, TCP_REPAIR, 0)  # sends a window probe: the client answers at once
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse)
     except OSError as e:
         if not touched:
             with contextlib.suppress(OSError):
                 s.setsockopt(tcp, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse)
         raise RepairError(step, e.errno or errno.EIO, touched) from e
     return RepairResult(rcv_nxt, rcv_wnd, queued)
 
