@@ -35,6 +35,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ftcp.errors import UserError
+from ftcp.lab.services import start_logger
 
 NBYTES = 6 * 1024 * 1024
 PORT = 8080
@@ -144,16 +145,10 @@ def run_demo(name: str, nbytes: int = NBYTES, topology: str = TOPOLOGY) -> int:
     procs: list[subprocess.Popen] = []
     try:
         lip = lab.ip("logger")
-        logger = lab.popen(
-            "logger",
-            [sys.executable, "-m", "ftcp.logger", "--listen", f"{lip}:{LOGGER_PORT}",
-             "--data-dir", str(tmp / "log"), "--insecure"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env(),
-        )  # fmt: skip
-        procs.append(logger)
-        assert logger.stdout is not None
-        if "listening on" not in logger.stdout.readline():
-            raise UserError("demo logger did not start")
+        try:
+            procs.append(start_logger(lab, "logger", lip, LOGGER_PORT, tmp / "log"))
+        except RuntimeError as e:
+            raise UserError(f"demo {e}") from None
         ftcp = lab.popen(
             "server",
             [sys.executable, "-c", "from ftcp.cli import main; main()", "run",

@@ -18,6 +18,7 @@ from typing import Any
 
 from ftcp.core import seq
 from ftcp.lab.net import Lab
+from ftcp.lab.services import start_logger
 
 APPS = str(Path(__file__).with_name("apps.py"))
 FTCP = [sys.executable, "-c", "from ftcp.cli import main; main()"]
@@ -59,25 +60,7 @@ class Env:
 
 def start_env(lab: Lab, tmp: Path) -> Env:
     ip = lab.ip("logger")
-    err = open(tmp / "logger.err", "wb")  # noqa: SIM115
-    p = lab.popen(
-        "logger",
-        [
-            sys.executable,
-            "-m",
-            "ftcp.logger",
-            "--listen",
-            f"{ip}:{LOGGER_PORT}",
-            "--data-dir",
-            str(tmp / "logger-data"),
-            "--insecure",
-        ],  # fmt: skip
-        stdout=subprocess.PIPE,
-        stderr=err,
-    )
-    assert p.stdout is not None
-    line = p.stdout.readline().decode()
-    assert "listening on" in line, (line, (tmp / "logger.err").read_text())
+    p = start_logger(lab, "logger", ip, LOGGER_PORT, tmp / "logger-data", log=tmp / "logger.err")
     return Env(lab, tmp, p, f"{ip}:{LOGGER_PORT}")
 
 

@@ -40,6 +40,7 @@ from ftcp.core.records import (
     ReadResult,
     SynOptions,
 )
+from ftcp.lab.services import start_logger
 from ftcp.logger.client import LoggerClient
 from ftcp.logger.daemon import LoggerConfig, LoggerServer
 
@@ -174,15 +175,8 @@ STREAMER = textwrap.dedent(
 
 
 def _logger(env: Env, data_dir: Path) -> subprocess.Popen[bytes]:
-    ip = env.lab.ip("logger")
-    argv = [sys.executable, "-m", "ftcp.logger", "--listen", f"{ip}:{LOGGER_PORT}",
-            "--data-dir", str(data_dir), "--insecure"]  # fmt: skip
-    err = open(env.tmp / f"logger-{time.monotonic_ns()}.err", "wb")  # noqa: SIM115
-    p = env.lab.popen("logger", argv, stdout=subprocess.PIPE, stderr=err)
-    assert p.stdout is not None
-    line = p.stdout.readline().decode()
-    assert "listening on" in line, line
-    return p
+    log = env.tmp / f"logger-{time.monotonic_ns()}.err"
+    return start_logger(env.lab, "logger", env.lab.ip("logger"), LOGGER_PORT, data_dir, log=log)
 
 
 def _kill9(p: subprocess.Popen[bytes]) -> None:

@@ -56,6 +56,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ftcp.lab.services import start_logger
+
 STRATEGIES = ("basic", "lazy", "eager", "conditional")
 TOPOLOGIES = ("10-10", "10-shared", "10-100", "1g-10g", "unshaped")
 TARGETS = {"10-100": 0.99, "10-10": 0.90, "10-shared": 0.45, "1g-10g": 0.90, "unshaped": 0.20}
@@ -548,26 +550,9 @@ def _summary(topo: str, res: dict[str, Any], strategies: Sequence[str]) -> dict[
 
 def _start_logger(lab: Any, tmp: Path, extra: Sequence[str] = ()) -> tuple[subprocess.Popen, str]:
     ip = lab.ip("logger")
-    with open(tmp / "logger.err", "wb") as err:
-        lg = lab.popen(
-            "logger",
-            [
-                sys.executable,
-                "-m",
-                "ftcp.logger",
-                "--listen",
-                f"{ip}:{LOGGER_PORT}",
-                "--data-dir",
-                str(tmp / "logger-data"),
-                "--insecure",
-                *extra,
-            ],  # fmt: skip
-            stdout=subprocess.PIPE,
-            stderr=err,
-        )
-    assert lg.stdout is not None
-    if "listening" not in lg.stdout.readline().decode():
-        raise RuntimeError(f"logger did not start: {(tmp / 'logger.err').read_text()[-2000:]}")
+    lg = start_logger(
+        lab, "logger", ip, LOGGER_PORT, tmp / "logger-data", log=tmp / "logger.err", extra=extra
+    )
     return lg, f"{ip}:{LOGGER_PORT}"
 
 

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ftcp.bench import published as pub
+from ftcp.lab.services import start_logger
 
 if TYPE_CHECKING:
     from ftcp.lab.net import Lab
@@ -277,18 +278,12 @@ def protected_configuration(
         logger_ip = lab.ip("logger")
         data = ctx.work / "logger-data"
         llog, rlog = ctx.work / "logger.log", ctx.work / "ftcp-run.log"
-        with open(llog, "wb") as err:
-            lp = lab.python(
-                "logger", "ftcp.logger", "--listen", f"{logger_ip}:{ctx.logger_port}",
-                "--data-dir", str(data), "--insecure", *nagle_args,
-                stdout=subprocess.PIPE, stderr=err,
-            )  # fmt: skip
-        assert lp.stdout is not None
-        line = lp.stdout.readline().decode()
-        if "listening on" not in line:
-            lp.kill()
-            lp.wait()
-            raise NotMeasured(f"ftcp logger did not start{_tail(llog)}")
+        try:
+            lp = start_logger(
+                lab, "logger", logger_ip, ctx.logger_port, data, log=llog, extra=nagle_args
+            )
+        except RuntimeError as e:
+            raise NotMeasured(str(e)) from None
         argv = [
             "run", "--logger", f"{logger_ip}:{ctx.logger_port}", "--insecure",
             "--port", str(ctx.port), "--ack-strategy", strategy,

@@ -34,6 +34,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftcp.lab.services import start_logger
+
 if TYPE_CHECKING:
     from ftcp.lab.net import Lab
 
@@ -164,20 +166,11 @@ def run_in_lab(
     `port`, one client uploading `nbytes`; kill -9 of the application once all is
     logged; the recovery's timings. Every process started here is stopped on return;
     `work` (scratch) is left to the caller."""
-    procs: list[subprocess.Popen[str]] = []
+    procs: list[subprocess.Popen] = []
     try:
         lhost = "server" if local_logger else "logger"
         lip = "127.0.0.1" if local_logger else lab.ip("logger")
-        lg = lab.popen(
-            lhost,
-            [sys.executable, "-m", "ftcp.logger", "--listen", f"{lip}:{logger_port}",
-             "--data-dir", str(work / "log"), "--insecure"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env({}),
-        )  # fmt: skip
-        procs.append(lg)
-        assert lg.stdout is not None
-        if "listening on" not in lg.stdout.readline():
-            raise RuntimeError("logger did not start")
+        procs.append(start_logger(lab, lhost, lip, logger_port, work / "log"))
         timing = work / "timing.jsonl"
         reads_file = work / "reads.txt"
         iface = ["--iface", lab.ifname("server")] if local_logger else []
