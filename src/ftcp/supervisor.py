@@ -364,6 +364,8 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
             await _terminate(proc)
             return 0
         rc = await waiter
+        if rc >= 0:
+            await _drain(engine, DRAIN_S)
         if rc < 0:
             print(
                 f"ftcp run: the application (pid {proc.pid}) died from signal "
@@ -445,6 +447,21 @@ class _LoggerLink:
         else:
             self.loop.add_reader(fd, self.engine_box[0]._on_queue)
             log.warning("logger backlog drained: reading the queue again")
+
+
+DRAIN_S = 30.0  # longest wait, after a normal exit, for the connections to finish
+
+
+async def _drain(engine: Engine, limit: float) -> None:
+    """After the application exited normally, keep SSW running until every protected
+    connection has finished (both FINs through), at most `limit` seconds: its kernel
+    sockets may still hold output, and after a recovery every segment of it needs
+    translating (`delta_seq`); leaving early strands the tail of the stream."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and any(
+        c.finished_at is None for c in engine.conns.values()
+    ):
+        await asyncio.sleep(0.05)
 
 
 async def _next_event(
