@@ -60,12 +60,8 @@ def test_restart_recovers_everything(tmp_path, sync) -> None:
         async with logger_server(d, sync=sync) as srv:
             assert await recover(srv) == before
             # the read watermark survives too
-            c = await LoggerClient.connect(*srv.address, app_id="app", secret=SECRET)
             n = sum(len(lg.reads) for lg in before)
-            c.send([ReadResult(1, n, ReadKind.EOF)])
-            await c.wait_batch()
-            assert c.next_order == n + 1
-            await c.close()
+            assert srv.store.apps["app"].state.next_order == n
 
     run(go())
 
@@ -228,3 +224,53 @@ def test_write_error_stops_acks_then_resumes(tmp_path, monkeypatch, caplog) -> N
 
     run(go())
     assert "not acknowledging" in caplog.text and "acknowledging resumes" in caplog.text
+
+
+def test_new_supervisor_run_starts_afresh_and_survives_restart(tmp_path) -> None:
+    """A fresh (not resuming) supervisor of an application with records begins a new run.
+
+    Its connection ids and read orders start again from the beginning (an earlier
+    run's connection 1 was deleted; its orders reached n): they are accepted, and
+    after a restart of the logger only the new run's connections come back.
+    """
+    d = tmp_path / "d"
+
+    async def go() -> None:
+        async with logger_server(d) as srv:
+            c, before = await log_some(srv, n_conns=2)
+            c.send([Finished(1)])
+            await c.wait_batch()
+            await c.close()
+            assert srv.store.apps["app"].state.next_order > 0
+            c2 = await LoggerClient.connect(*srv.address, app_id="app", secret=SECRET)
+            c2.send([handshake(1, c_isn=5000, order=1)])
+            c2.send([ReadResult(1, 0, ReadKind.DATA, 0), ReadResult(1, 1, ReadKind.EAGAIN, 11)])
+            await c2.wait_batch()
+            assert c2.next_order == 2  # not blocked behind the previous run's orders
+            assert 1 in c2.handshakes
+            await c2.close()
+        async with logger_server(d) as srv:
+            after = await recover(srv)
+            assert [lg.handshake.conn_id for lg in after] == [1]
+            assert after[0].handshake.c_isn == 5000
+            assert len(after[0].reads) == 2
+            assert srv.store.apps["app"].state.next_order == 2
+
+    run(go())
+
+
+def test_second_concurrent_supervisor_is_refused(tmp_path, caplog) -> None:
+    """Two `ftcp run` with one application id: the second is refused, the first's
+    records are untouched."""
+
+    async def go() -> None:
+        async with logger_server(tmp_path / "d") as srv:
+            c, before = await log_some(srv, n_conns=2)
+            with pytest.raises(Exception, match="already has a supervisor connected"):
+                await LoggerClient.connect(*srv.address, app_id="app", secret=SECRET)
+            assert await recover(srv) == before
+            c.send([ReadResult(1, sum(len(lg.reads) for lg in before), ReadKind.EOF)])
+            await c.wait_batch()
+            await c.close()
+
+    run(go())

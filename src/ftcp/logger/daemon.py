@@ -254,6 +254,8 @@ class Peer(asyncio.Protocol):
                 mode = "whole-history" if existing.state.whole_history else "connection-scoped"
                 self.fail(wire.ErrorCode.PROTOCOL, f"application {h.app_id!r} is {mode}")
                 return
+            if not h.flags & wire.HELLO_RESUME and not self._new_run(h.app_id, store, whole):
+                return
             self.app = store.app(h.app_id, whole)
         else:
             self.app = store.apps.get(h.app_id)
@@ -268,6 +270,44 @@ class Peer(asyncio.Protocol):
         log.info("peer %s authenticated as %s of %r", self.name, h.role.name.lower(), h.app_id)
         if h.flags & wire.HELLO_RESUME and h.role == wire.Role.SUPERVISOR:
             self._spawn(self._resync())
+
+    def _new_run(self, app_id: str, store: Store, whole: bool) -> bool:
+        """A supervisor starting afresh (not resuming): begin a new run of `app_id`.
+
+        Its connection ids and read orders start from the beginning, so records of
+        an earlier run (its connections died with it: a supervisor's own crash is
+        not recovered) are discarded, durably, before anything of the new run.
+        Refused while another supervisor of the same application is connected.
+        """
+        for p in self.server.peers:
+            ph = p.hello
+            if (
+                p is not self
+                and p.state == "ready"
+                and p.app_id == app_id
+                and ph is not None
+                and ph.role == wire.Role.SUPERVISOR
+            ):
+                self.fail(
+                    wire.ErrorCode.PROTOCOL,
+                    f"application {app_id!r} already has a supervisor connected ({p.name}); "
+                    "give each `ftcp run` its own --app-id",
+                )
+                return False
+        app = store.apps.get(app_id)
+        if app is None or not app.has_history():
+            return True
+        gone = app.reset(epoch=True)
+        store.submit(
+            Entry(app, KIND_DELETE, delete_data((), True, epoch=True), set(gone), set(gone),
+                  app.snapshot_orders(), None, reset=True)
+        )  # fmt: skip
+        log.warning(
+            "application %r: a new supervisor run (%s); records of %d connection(s) of the "
+            "previous run discarded",
+            app_id, self.name, len(gone),
+        )  # fmt: skip
+        return True
 
     def _records(self, f: wire.RawRecords) -> None:
         h = self.hello

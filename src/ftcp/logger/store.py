@@ -143,14 +143,22 @@ def parse_meta(data: bytes) -> tuple[str, bool, OrderState]:
     return app_id, bool(flags & 1), (nxt, tuple(ooo))
 
 
-def delete_data(conn_ids: tuple[int, ...], all_: bool) -> bytes:
-    return _DELETE_HEAD.pack(1 if all_ else 0) + struct.pack(f"!{len(conn_ids)}Q", *conn_ids)
+DELETE_ALL = 0x01  # every connection of the application
+DELETE_EPOCH = 0x02  # with ALL: a new supervisor run; its ids and read orders start afresh
 
 
-def parse_delete(data: bytes) -> tuple[tuple[int, ...], bool]:
+def delete_data(conn_ids: tuple[int, ...], all_: bool, epoch: bool = False) -> bytes:
+    flags = (DELETE_ALL if all_ else 0) | (DELETE_EPOCH if epoch else 0)
+    return _DELETE_HEAD.pack(flags) + struct.pack(f"!{len(conn_ids)}Q", *conn_ids)
+
+
+def parse_delete(data: bytes) -> tuple[tuple[int, ...], int]:
+    """(connection ids, DELETE_* flags)."""
     (flags,) = _DELETE_HEAD.unpack_from(data)
+    if flags & ~(DELETE_ALL | DELETE_EPOCH):
+        raise RemoteProtocolError(f"unknown DELETE flags {flags:#x}")
     rest = data[1:]
-    return struct.unpack(f"!{len(rest) // 8}Q", rest), bool(flags & 1)
+    return struct.unpack(f"!{len(rest) // 8}Q", rest), flags
 
 
 def read_entries(buf: bytes) -> tuple[list[tuple[int, bytes]], int, str | None]:
@@ -202,13 +210,25 @@ class AppLog:
         st = self.state
         return (st.next_order, st.ooo_orders() if st._ooo_set else ())
 
-    def reset(self) -> set[int]:
-        """Forget every connection (DELETE of the whole app); return their ids."""
+    def reset(self, *, epoch: bool = False) -> set[int]:
+        """Forget every connection (DELETE of the whole app); return their ids.
+
+        Deleted ids stay refused, so a late record of one is not taken for a new
+        connection, unless `epoch`: a new supervisor run, whose connection ids and
+        read orders start again from the beginning (no earlier session is left
+        to send a late record).
+        """
         old = self.state
         gone = set(old.conns)
         self.state = AppState(self.app_id, old.whole_history)
-        self.state.deleted = old.deleted | gone
+        if not epoch:
+            self.state.deleted = old.deleted | gone
         return gone
+
+    def has_history(self) -> bool:
+        """Anything a new supervisor run would collide with (ids, orders, deletions)."""
+        st = self.state
+        return bool(st.conns or st.deleted or st.next_order or st._ooo_set)
 
     # -- bookkeeping shared by replay and live writes ---------------------------
 
@@ -264,9 +284,9 @@ class AppLog:
             applied = self.state.apply_raw(data)
             return applied.conns, applied.tombstones
         if kind == KIND_DELETE:
-            ids, all_ = parse_delete(data)
-            if all_:
-                gone = self.reset()
+            ids, flags = parse_delete(data)
+            if flags & DELETE_ALL:
+                gone = self.reset(epoch=bool(flags & DELETE_EPOCH))
                 return gone, gone
             self.state.delete(ids)
             return set(ids), set(ids)
