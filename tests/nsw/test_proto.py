@@ -78,3 +78,19 @@ def test_agent_side_encoders() -> None:
 def test_malformed_is_remote_error(pkt: bytes) -> None:
     with pytest.raises(RemoteProtocolError):
         proto.decode(pkt)
+
+
+def test_forked_roundtrip_and_malformed() -> None:
+    assert proto.decode(proto.forked(4321, [1, 2, 1 << 40])) == proto.Forked(4321, (1, 2, 1 << 40))
+    assert proto.decode(proto.forked(7, [])) == proto.Forked(7, ())
+    assert proto.decode(proto.hold(9)) == proto.Hold(9)
+    good = proto.forked(4321, [1, 2])
+    for bad in (
+        good[:-1],  # truncated id
+        good + bytes(8),  # more ids than counted
+        good[:12],  # short header
+        proto.forked(0, [1]),  # no such pid
+        proto.forked(4321, list(range(proto.FORKED_CHUNK + 1))),  # over the chunk limit
+    ):
+        with pytest.raises(RemoteProtocolError):
+            proto.decode(bad)

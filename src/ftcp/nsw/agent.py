@@ -18,7 +18,20 @@ shim) inside an asyncio loop. Each shim process that needs it connects once
   the held duplicate is closed, then the shim is acked);
 * tells the supervisor which connections lost their last process
   (`AgentHandler.on_session_end`), looking in ``/proc`` for holders it was
-  not told about (forked children, exec'd images) before calling one lost.
+  not told about (exec'd images) before calling one lost.
+
+Forked children (the fork race).  A connection's holders are the sessions
+that hold it plus the children a parent announced (FORKED, with a pidfd)
+that have no session yet.  The parent sends FORKED right after fork(), before
+it can report any later close, and the child says HELLO only after that, so a
+parent's close (socat closes its copy at once) is never the last close while
+a child it announced may still hold the connection.  A child that ends
+before its session exists, and a process killed while its close waited for
+the ack (its real close never ran), *crashed*: the connection is then never
+closed by the application (no FIN is let through) and, once no process holds
+it, it is an orphan.  The end of a registered session is, as before, checked
+against ``/proc`` (an exec'd image may still hold the socket).  A voluntary
+exit (exit, _exit) reports its closes first (the shim).
 
 Every method except `mark_logged` runs in the agent's loop thread;
 `AgentThread` runs an agent in a thread of its own (tests, simple tools).
@@ -36,6 +49,7 @@ import logging
 import mmap
 import os
 import platform
+import select
 import socket
 import struct
 import threading
@@ -151,8 +165,21 @@ class _Conn:
     fd: int | None
     info: AcceptInfo
     holders: set[int] = field(default_factory=set)  # session ids
+    pending: set[int] = field(default_factory=set)  # pids of announced children, no session yet
     shared: bool = False  # may be held by processes we have no session with
     replay: bool = False
+    crashed: SessionInfo | None = None  # a holder that ended holding it (never an app close)
+    orphaned: bool = False  # reported to the handler as lost
+
+
+@dataclass(slots=True)
+class _Child:
+    """A forked child its parent announced (FORKED) that has no session yet."""
+
+    pid: int
+    parent_session: int
+    pidfd: int | None  # None: could not be watched (gone already)
+    conns: dict[int, _Conn] = field(default_factory=dict)
 
 
 class _Session:
@@ -167,6 +194,8 @@ class _Session:
         self.out: collections.deque[tuple[bytes, list[int]]] = collections.deque()
         self.paused = False
         self.closed = False
+        self.draining = False
+        self.pidfd: int | None = None  # the process (its identity: pids are reused)
         memfd = os.memfd_create("ftcp-nsw", os.MFD_CLOEXEC)
         try:
             os.ftruncate(memfd, proto.PAGE_SIZE)
@@ -226,6 +255,25 @@ def process_alive(pid: int) -> bool:
     fields = stat[stat.rfind(")") + 2 :].split()
     pf_exiting = 0x4
     return fields[0] not in ("Z", "X") and not int(fields[6]) & pf_exiting
+
+
+def pidfd_exited(pidfd: int) -> bool:
+    """Has the process behind `pidfd` ended? (A pidfd polls readable when it has.)"""
+    p = select.poll()
+    p.register(pidfd, select.POLLIN)
+    return bool(p.poll(0))
+
+
+def sigkill_pending(pid: int) -> bool:
+    """Has `pid` been sent SIGKILL it has not acted on yet? (True if it is gone.)"""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    for line in status.splitlines():
+        if line.startswith(("SigPnd:", "ShdPnd:")) and int(line.split()[1], 16) & (1 << 8):
+            return True
+    return False
 
 
 def socket_holders(fd: int, exclude: set[int]) -> set[int]:
@@ -289,6 +337,7 @@ class Agent:
         self._lock = threading.Lock()  # pending/page vs mark_logged from other threads
         self._sessions: dict[int, _Session] = {}
         self.conns: dict[int, _Conn] = {}
+        self._children: dict[int, _Child] = {}  # pid -> announced child without a session
         self._listener: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -316,6 +365,8 @@ class Agent:
                 os.unlink(self.path)
         for s in list(self._sessions.values()):
             self._close_session(s, notify=False)
+        for ch in list(self._children.values()):
+            self._forget_child(ch)
         for c in list(self.conns.values()):
             if c.fd is not None:
                 os.close(c.fd)
@@ -406,6 +457,15 @@ class Agent:
                 self.mark_logged(self._next_order - 1)  # once per batch, not per read
 
     def _drain(self, s: _Session) -> None:
+        if s.draining:  # re-entered (a child's HELLO drains its parent first)
+            return
+        s.draining = True
+        try:
+            self._drain_loop(s)
+        finally:
+            s.draining = False
+
+    def _drain_loop(self, s: _Session) -> None:
         while not s.paused and not s.closed:
             try:
                 data, anc, _flags, _ = s.sock.recvmsg(proto.MAX_PACKET, socket.CMSG_SPACE(4 * 4))
@@ -516,6 +576,7 @@ class Agent:
                 self._send(s, proto.hello_reply(s.id), [s.memfd])
                 os.close(s.memfd)
                 s.memfd = None
+                self._on_hello(s)
                 self.handler.on_session(s.info)
             case proto.Accept():
                 if len(fds) != 1:
@@ -538,6 +599,8 @@ class Agent:
                     c.holders.add(s.id)
                     c.shared = True
                     s.holds.add(msg.conn_id)
+            case proto.Forked():
+                self._on_forked(s, msg, fds.pop(0) if fds else None)
             case proto.Mismatch():
                 self.handler.on_mismatch(msg.conn_id, msg.index, msg.code, msg.value)
         for f in fds:
@@ -612,8 +675,21 @@ class Agent:
             s.holds.discard(msg.conn_id)
             if c is not None:
                 c.holders.discard(s.id)
-                if c.holders:
+                self._settle_children(c)
+                if self._dying(s):
+                    # Killed while it waited for our ack: its real close never ran, its
+                    # death released the socket. Never the application's close.
                     final = False
+                    if c.crashed is None:
+                        c.crashed = s.info
+                    if self._orphaned(c):
+                        self.handler.on_session_end(c.crashed, [c.conn_id])
+                elif c.holders or c.pending:
+                    final = False  # another process holds it (or may: a child not heard from)
+                elif c.crashed is not None:
+                    final = False  # a holder died holding it: a crash, not the app's close
+                    if self._orphaned(c):
+                        self.handler.on_session_end(c.crashed, [c.conn_id])
                 elif c.shared and c.fd is not None:
                     assert s.info is not None
                     others = socket_holders(c.fd, {s.info.pid})
@@ -659,23 +735,158 @@ class Agent:
         with self._lock:
             self._sessions.pop(s.id, None)
             s.release_page()
+        if s.pidfd is not None:
+            os.close(s.pidfd)
+            s.pidfd = None
         orphans = []
         for cid in sorted(s.holds):
             c = self.conns.get(cid)
             if c is None:
                 continue
             c.holders.discard(s.id)
-            if c.holders or c.fd is None:
+            if c.fd is None:
                 continue
-            dead = s.info is not None and not process_alive(s.info.pid)
-            exclude = {s.info.pid} if dead else set()
-            if socket_holders(c.fd, exclude):
-                c.shared = True  # held by a process without a session (exec'd image)
-                continue
-            orphans.append(cid)
+            # Ended (or exec'd: then its image may hold it without a session, and a
+            # session's end cannot tell the two apart once the image has exited).
+            c.shared = True
+            if notify and self._orphaned(c):
+                orphans.append(cid)
         s.holds.clear()
         if notify and s.info is not None:
             self.handler.on_session_end(s.info, orphans)
+
+    # -- forked children --
+
+    def _on_forked(self, s: _Session, msg: proto.Forked, pidfd: int | None) -> None:
+        """The parent (session `s`) forked child `msg.pid`, which holds `msg.conn_ids`."""
+        assert s.info is not None and self._loop is not None
+        ch = self._children.get(msg.pid)
+        if ch is not None and ch.parent_session != s.id:  # an earlier process with that pid
+            self._child_ended(ch)
+            ch = None
+        if ch is None:
+            if pidfd is None:
+                try:
+                    pidfd = os.pidfd_open(msg.pid)
+                except OSError:
+                    pidfd = None  # gone already (or no pidfd: then it cannot be watched)
+            ch = _Child(msg.pid, s.id, pidfd)
+            self._children[msg.pid] = ch
+            if pidfd is not None:
+                self._loop.add_reader(pidfd, self._child_ended, ch)
+        elif pidfd is not None:
+            os.close(pidfd)
+        for cid in msg.conn_ids:
+            c = self.conns.get(cid)
+            if c is None or c.fd is None:
+                continue
+            ch.conns[cid] = c
+            c.pending.add(ch.pid)
+            c.shared = True
+        log.debug("nsw agent: pid %d forked %d holding %s", s.info.pid, ch.pid, list(msg.conn_ids))
+        if ch.pidfd is None:
+            self._child_ended(ch)
+
+    def _on_hello(self, s: _Session) -> None:
+        """A session's HELLO: if its process is a child its parent announced, it holds
+        what the parent said (its HOLDs then only repeat it)."""
+        info = s.info
+        assert info is not None
+        if info.parent_session:
+            parent = self._sessions.get(info.parent_session)
+            if parent is not None and not parent.paused and not parent.closed:
+                self._drain(parent)  # the parent's FORKED was sent before this HELLO
+        ch = self._children.get(info.pid)
+        if ch is not None and ch.parent_session == info.parent_session:
+            if ch.pidfd is not None and self._loop is not None:
+                self._loop.remove_reader(ch.pidfd)  # the session keeps the pidfd, unwatched
+            s.pidfd, ch.pidfd = ch.pidfd, None
+            self._forget_child(ch)
+            for cid, c in ch.conns.items():
+                if self.conns.get(cid) is c:
+                    c.pending.discard(ch.pid)
+                    c.holders.add(s.id)
+                    s.holds.add(cid)
+        if s.pidfd is None:
+            with contextlib.suppress(OSError):
+                s.pidfd = os.pidfd_open(info.pid)  # it waits for our reply: it exists
+
+    def _dying(self, s: _Session) -> bool:
+        """Has the process of session `s` ended, or is it being killed?"""
+        if s.info is None:
+            return False
+        if s.pidfd is not None and pidfd_exited(s.pidfd):
+            return True
+        return not process_alive(s.info.pid) or sigkill_pending(s.info.pid)
+
+    def _forget_child(self, ch: _Child) -> None:
+        if self._children.get(ch.pid) is ch:
+            del self._children[ch.pid]
+        if ch.pidfd is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(ch.pidfd)
+            os.close(ch.pidfd)
+            ch.pidfd = None
+
+    def _child_alive(self, ch: _Child) -> bool:
+        if ch.pidfd is not None:
+            return not pidfd_exited(ch.pidfd)
+        return False
+
+    def _settle_children(self, c: _Conn) -> None:
+        """Resolve the announced children of `c` that have ended."""
+        for pid in list(c.pending):
+            ch = self._children.get(pid)
+            if ch is None:
+                c.pending.discard(pid)
+            elif not self._child_alive(ch):
+                self._child_ended(ch)
+
+    def _child_ended(self, ch: _Child) -> None:
+        """An announced child ended (its pidfd fired) or cannot be watched."""
+        if self._children.get(ch.pid) is not ch:
+            return
+        # It says HELLO only after its parent's FORKED: a session of it, if any, is
+        # queued now. Read new sessions first (its HELLO takes the entry over).
+        if self._listener is not None:
+            self._on_listen()
+        for s in list(self._sessions.values()):
+            if s.info is None and not s.closed and not s.paused:
+                self._drain(s)
+        if self._children.get(ch.pid) is not ch:
+            return  # it had a session after all: the session's end decides
+        self._forget_child(ch)
+        gone = SessionInfo(0, ch.pid, ch.parent_session)
+        orphans = []
+        for cid, c in sorted(ch.conns.items()):
+            if self.conns.get(cid) is not c or ch.pid not in c.pending:
+                continue
+            c.pending.discard(ch.pid)
+            if any(
+                s.info is not None and s.info.pid == ch.pid and cid in s.holds
+                for s in self._sessions.values()
+            ):
+                continue  # registered by HOLD on a session of its own
+            log.info("nsw agent: conn %d: child %d ended before its session", cid, ch.pid)
+            if c.crashed is None:
+                c.crashed = gone
+            if self._orphaned(c):
+                orphans.append(cid)
+        if orphans:
+            self.handler.on_session_end(gone, orphans)
+
+    def _orphaned(self, c: _Conn) -> bool:
+        """Has `c` just lost its last holder? (Reported once.)"""
+        if c.orphaned or c.fd is None or c.holders:
+            return False
+        self._settle_children(c)
+        if c.pending or c.orphaned:
+            return False
+        if socket_holders(c.fd, set()):
+            c.shared = True  # held by a process without a session (exec'd image)
+            return False
+        c.orphaned = True
+        return True
 
 
 def _fds_of(anc: list[tuple[int, int, bytes]]) -> list[int]:

@@ -33,6 +33,13 @@ Shim -> agent (``F_REPLAYED`` = 1 is the only flag)::
               the process is about to fork while holding protected fds
     HOLD      u64 conn_id                                                    16 B
               a forked child's first words: it holds conn_id too
+    FORKED    u32 pid, u32 count, then count x u64 conn_id               16+8n B
+              sent by the parent, right after fork() returned, with a pidfd
+              of the child in SCM_RIGHTS when it has one: child `pid` holds
+              these connections (at most FORKED_CHUNK per packet; several
+              packets for the same pid add up).  The child says HELLO only
+              after the parent sent FORKED (or died), so the agent learns of
+              the child, in order, before any later close by the parent.
     MISMATCH  u64 conn_id, u64 index, u32 code, u32 value                    32 B
               replay could not reproduce script entry `index`
 
@@ -77,6 +84,7 @@ VERSION = 1
 PAGE_SIZE = 4096
 PAGE_MAGIC = 0x3157534E50435446  # b"FTCPNSW1" little-endian
 SCRIPT_CHUNK = 8192  # entries per SCRIPT packet (the shim's buffer holds this many)
+FORKED_CHUNK = 1024  # conn ids per FORKED packet
 MAX_PACKET = 16 + 8 * SCRIPT_CHUNK
 
 HDR = struct.Struct("<HHI")
@@ -91,6 +99,7 @@ class Msg(enum.IntEnum):
     FORK = 6
     HOLD = 7
     MISMATCH = 8
+    FORKED = 9
     HELLO_REPLY = 65
     ACCEPT_REPLY = 66
     SCRIPT = 67
@@ -146,6 +155,7 @@ WRITEMARK = struct.Struct("<QQII")
 CLOSE = struct.Struct("<QQII")
 CONN = struct.Struct("<Q")
 MISMATCH = struct.Struct("<QQII")
+FORKED = struct.Struct("<II")
 PAGE = struct.Struct("<QIIQ")
 
 _SIZES = {
@@ -215,6 +225,12 @@ class Hold:
 
 
 @dataclass(frozen=True, slots=True)
+class Forked:
+    pid: int
+    conn_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Mismatch:
     conn_id: int
     index: int
@@ -222,7 +238,7 @@ class Mismatch:
     value: int
 
 
-ShimMessage = Hello | Accept | Read | WriteMarkMsg | CloseMsg | Fork | Hold | Mismatch
+ShimMessage = Hello | Accept | Read | WriteMarkMsg | CloseMsg | Fork | Hold | Forked | Mismatch
 
 
 def _addr(family: int, raw: bytes) -> str:
@@ -242,6 +258,8 @@ def decode(packet: bytes) -> ShimMessage:
         msg = Msg(mtype)
         size = _SIZES[msg]
     except (ValueError, KeyError):
+        if mtype == Msg.FORKED:
+            return _decode_forked(packet)
         raise RemoteProtocolError(f"nsw: unknown message type {mtype}") from None
     if len(packet) != HDR.size + size:
         raise RemoteProtocolError(f"nsw: {msg.name} of {len(packet)} bytes, want {8 + size}")
@@ -272,6 +290,18 @@ def decode(packet: bytes) -> ShimMessage:
     except (ValueError, OSError) as e:
         raise RemoteProtocolError(f"nsw: bad {msg.name}: {e}") from None
     raise AssertionError(msg)  # pragma: no cover
+
+
+def _decode_forked(packet: bytes) -> Forked:
+    if len(packet) < HDR.size + FORKED.size:
+        raise RemoteProtocolError(f"nsw: short FORKED ({len(packet)} bytes)")
+    pid, count = FORKED.unpack_from(packet, HDR.size)
+    want = HDR.size + FORKED.size + 8 * count
+    if count > FORKED_CHUNK or len(packet) != want:
+        raise RemoteProtocolError(f"nsw: FORKED of {len(packet)} bytes, count {count}")
+    if pid <= 0 or pid >= 1 << 22:
+        raise RemoteProtocolError(f"nsw: FORKED with pid {pid}")
+    return Forked(pid, struct.unpack_from(f"<{count}Q", packet, HDR.size + FORKED.size))
 
 
 # ---- agent -> shim ---------------------------------------------------------
@@ -321,6 +351,15 @@ def read(
 
 def close(conn_id: int, how: How, wtotal: int = 0, wcrc: int = 0) -> bytes:
     return HDR.pack(Msg.CLOSE, 0, 0) + CLOSE.pack(conn_id, wtotal, how, wcrc)
+
+
+def forked(pid: int, conn_ids: list[int]) -> bytes:
+    n = len(conn_ids)
+    return HDR.pack(Msg.FORKED, 0, 0) + FORKED.pack(pid, n) + struct.pack(f"<{n}Q", *conn_ids)
+
+
+def hold(conn_id: int) -> bytes:
+    return HDR.pack(Msg.HOLD, 0, 0) + CONN.pack(conn_id)
 
 
 # ---- CRC-32C (Castagnoli), the shim's output checksum ----------------------

@@ -9,6 +9,7 @@
  *   FTCP_NSW_DEBUG=1   trace protocol events on stderr
  *   FTCP_NSW_STRICT=1  abort() instead of degrading to pass-through when the
  *                      agent cannot be reached
+ *   FTCP_SHIM_TEST_CHILD_DELAY_MS=N  TEST ONLY (see test_child_delay)
  *
  * A protected connection is an fd returned by accept/accept4 whose local
  * address is AF_INET/AF_INET6, SOCK_STREAM/TCP, port FTCP_PORT.  Protected
@@ -64,7 +65,7 @@
 
 enum {
     M_HELLO = 1, M_ACCEPT = 2, M_READ = 3, M_WRITEMARK = 4, M_CLOSE = 5,
-    M_FORK = 6, M_HOLD = 7, M_MISMATCH = 8,
+    M_FORK = 6, M_HOLD = 7, M_MISMATCH = 8, M_FORKED = 9,
     M_HELLO_REPLY = 65, M_ACCEPT_REPLY = 66, M_SCRIPT = 67, M_ACK = 68,
 };
 enum { F_REPLAYED = 1 };
@@ -91,6 +92,8 @@ struct m_writemark { struct hdr h; uint64_t conn_id, total; uint32_t crc, reason
 struct m_close { struct hdr h; uint64_t conn_id, wtotal; uint32_t how, wcrc; };
 struct m_conn { struct hdr h; uint64_t conn_id; }; /* FORK (conn_id 0), HOLD, ACK */
 struct m_mismatch { struct hdr h; uint64_t conn_id, index; uint32_t code, value; };
+struct m_forked { struct hdr h; uint32_t pid, count; /* count x u64 conn_id */ };
+#define FORKED_CHUNK 1024
 
 /* The shared page the agent publishes the logged watermark in. */
 struct page {
@@ -111,6 +114,7 @@ _Static_assert(sizeof(struct m_writemark) == 32, "writemark");
 _Static_assert(sizeof(struct m_close) == 32, "close");
 _Static_assert(sizeof(struct m_conn) == 16, "conn");
 _Static_assert(sizeof(struct m_mismatch) == 32, "mismatch");
+_Static_assert(sizeof(struct m_forked) == 16, "forked");
 
 /* ------------------------------------------------------------------ */
 /* Real functions                                                      */
@@ -136,6 +140,8 @@ typedef int (*dup2_fn)(int, int);
 typedef int (*dup3_fn)(int, int, int);
 typedef int (*fcntl_fn)(int, int, ...);
 typedef int (*close_range_fn)(unsigned int, unsigned int, int);
+typedef pid_t (*fork_fn)(void);
+typedef void (*exit_fn)(int) __attribute__((noreturn));
 
 static struct {
     read_fn read; readv_fn readv; recv_fn recv; recvfrom_fn recvfrom; recvmsg_fn recvmsg;
@@ -144,6 +150,8 @@ static struct {
     accept_fn accept; accept4_fn accept4; shutdown_fn shutdown; close_fn close;
     dup_fn dup; dup2_fn dup2; dup3_fn dup3; fcntl_fn fcntl, fcntl64;
     close_range_fn close_range;
+    fork_fn fork;
+    exit_fn _exit, _Exit;
 } R;
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -184,6 +192,7 @@ static struct {
     int fd;                /* agent socket, -1 when not connected */
     _Atomic int dead;      /* agent lost: degrade to pass-through */
     uint64_t session_id, parent_session;
+    pid_t session_pid;     /* the process that opened the session (not a vfork child) */
     struct page *page;
     _Atomic uint64_t reported;  /* session seq of the last read reported */
 } S = { .lock = PTHREAD_MUTEX_INITIALIZER, .fd = -1 };
@@ -327,6 +336,7 @@ static void do_init(void)
     RES(sendfile); RES(sendfile64);
     RES(accept); RES(accept4); RES(shutdown); RES(close);
     RES(dup); RES(dup2); RES(dup3); RES(fcntl); RES(fcntl64); RES(close_range);
+    RES(fork); RES(_exit); RES(_Exit);
 #undef RES
     if (!R.fcntl64) R.fcntl64 = R.fcntl;
     if (!R.sendfile64) R.sendfile64 = R.sendfile;
@@ -441,6 +451,7 @@ static int session_ensure(void)
     do r = connect(fd, (struct sockaddr *)&sa, sizeof sa); while (r < 0 && errno == EINTR);
     if (r < 0) { R.close(fd); session_lost("connect"); return -1; }
     S.fd = fd;
+    S.session_pid = getpid();
     struct m_hello h = { .h = { M_HELLO, 0, 0 }, .version = NSW_VERSION,
                          .pid = (uint32_t)getpid(), .parent_session = S.parent_session };
     struct m_hello_reply rep;
@@ -1290,31 +1301,159 @@ EXPORT int close_range(unsigned int first, unsigned int last, int flags)
 /* ------------------------------------------------------------------ */
 
 /*
- * prepare: tell the agent this process is about to share its protected
- * connections with a child (FORK), so a later close by the parent is not
- * taken for the last close.  The child opens its own session and says which
- * connections it holds (HOLD).  Both locks are held across fork.
+ * fork, and the fork race.  A socat-like server closes its copy of an
+ * accepted socket right after fork(): that close must not be taken for the
+ * application's last close while the child (which may not have reached the
+ * agent yet) holds the connection.  So:
+ *
+ *   prepare (S.lock, then tab_lock, held across fork): FORK, as before; when
+ *     the fork goes through our fork() wrapper, also snapshot the conn ids
+ *     the child will inherit and make a pipe.
+ *   parent, in fork() after the real fork returned (S.lock still held, so no
+ *     other thread's close can come first on this session): FORKED
+ *     {child pid, conn ids} with a pidfd of the child; then close the pipe.
+ *   child: waits for the pipe's EOF (the parent announced it, or died), then
+ *     opens its own session (HELLO) and says HOLD for each conn.
+ *
+ * The agent therefore handles FORKED before the child's HELLO and before any
+ * later close by the parent.  A fork that does not go through our wrapper
+ * (none in practice) falls back to FORK + HOLD.  Nothing of this runs when
+ * the process holds no protected connection (nconns == 0).
  */
+/* 1: this thread is in our fork() wrapper; 2: and its prepare set FK up */
+static __thread int fork_wrapped;
+static struct {
+    int on;             /* announce this fork (set in prepare, S.lock held) */
+    int rfd, wfd;       /* the child waits for EOF on rfd */
+    uint64_t *ids;
+    uint32_t n;
+} FK = { .rfd = -1, .wfd = -1 };
+static unsigned mark_gen; /* tab_lock held (or single-threaded child) */
+
+/* Both locks held.  Conn ids of the table, each once, into FK.ids. */
+static void fork_snapshot(void)
+{
+    int max = atomic_load(&nconns);
+    FK.ids = max > 0 ? malloc((size_t)max * sizeof *FK.ids) : NULL;
+    if (!FK.ids) return;
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0) { free(FK.ids); FK.ids = NULL; return; }
+    FK.rfd = p[0];
+    FK.wfd = p[1];
+    FK.n = 0;
+    mark_gen++;
+    for (unsigned ch = 0; ch < NCHUNKS && FK.n < (uint32_t)max; ch++) {
+        struct conn **t = atomic_load(&table[ch]);
+        if (!t) continue;
+        for (unsigned i = 0; i < CHUNK && FK.n < (uint32_t)max; i++) {
+            struct conn *c = t[i];
+            if (!c || c->mark_gen == mark_gen) continue;
+            c->mark_gen = mark_gen;
+            FK.ids[FK.n++] = c->id;
+        }
+    }
+    FK.on = 1;
+}
+
 static void atfork_prepare(void)
 {
     pthread_mutex_lock(&S.lock);
+    int announce = 0;
+    FK.on = 0;
     if (atomic_load(&nconns) > 0 && S.fd >= 0) {
         struct m_conn m = { .h = { M_FORK, 0, 0 }, .conn_id = 0 };
         if (raw_send(&m, sizeof m, -1) < 0) session_lost("send fork");
+        else announce = fork_wrapped;
     }
     pthread_mutex_lock(&tab_lock);
+    if (announce) {
+        fork_snapshot();
+        if (FK.on) fork_wrapped = 2;
+    }
 }
 
 static void atfork_parent(void)
 {
     pthread_mutex_unlock(&tab_lock);
+    if (fork_wrapped != 2) pthread_mutex_unlock(&S.lock); /* else fork() announces, unlocks */
+}
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+/* Parent, after the real fork, S.lock held since prepare: FORKED, release the child. */
+static void fork_announce(pid_t pid)
+{
+    int saved = errno;
+    if (pid > 0 && S.fd >= 0 && !atomic_load(&S.dead)) {
+        int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+        uint32_t done = 0;
+        do {
+            uint32_t n = FK.n - done < FORKED_CHUNK ? FK.n - done : FORKED_CHUNK;
+            struct { struct m_forked m; uint64_t ids[FORKED_CHUNK]; } pkt;
+            pkt.m = (struct m_forked){ .h = { M_FORKED, 0, 0 }, .pid = (uint32_t)pid, .count = n };
+            memcpy(pkt.ids, FK.ids + done, n * sizeof *FK.ids);
+            if (raw_send(&pkt, sizeof pkt.m + n * sizeof *FK.ids, done == 0 ? pfd : -1) < 0) {
+                session_lost("send forked");
+                break;
+            }
+            done += n;
+        } while (done < FK.n);
+        if (pfd >= 0) R.close(pfd);
+        dbg("forked %d holding %u conn(s)", (int)pid, FK.n);
+    }
+    R.close(FK.wfd); /* the child's EOF: it may open its session now */
+    R.close(FK.rfd);
+    FK.rfd = FK.wfd = -1;
+    free(FK.ids);
+    FK.ids = NULL;
+    FK.on = 0;
     pthread_mutex_unlock(&S.lock);
+    errno = saved;
+}
+
+EXPORT pid_t fork(void)
+{
+    if (UNLIKELY(!ensure_init() || !R.fork)) { errno = ENOSYS; return -1; }
+    if (!S.active) return R.fork();
+    fork_wrapped = 1;
+    pid_t pid = R.fork();
+    int announce = fork_wrapped == 2;
+    fork_wrapped = 0;
+    if (pid != 0 && announce) fork_announce(pid); /* parent (or a failed fork) */
+    return pid;
+}
+
+/*
+ * TEST ONLY: FTCP_SHIM_TEST_CHILD_DELAY_MS=N makes a forked child that holds
+ * protected connections sleep N ms before it opens its session (the window
+ * in which the agent has not heard from it).  Read at fork time, in the
+ * child, so a test server can set it for one fork only.  Never set it in
+ * production: the child is stalled inside fork().
+ */
+static void test_child_delay(void)
+{
+    const char *d = getenv("FTCP_SHIM_TEST_CHILD_DELAY_MS");
+    long ms = d ? strtol(d, NULL, 10) : 0;
+    if (ms <= 0) return;
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {}
 }
 
 static void atfork_child(void)
 {
     pthread_mutex_init(&tab_lock, NULL);
     pthread_mutex_init(&S.lock, NULL);
+    int wait_fd = -1;
+    if (FK.on) {
+        R.close(FK.wfd);
+        wait_fd = FK.rfd;
+        free(FK.ids);
+        FK.ids = NULL;
+        FK.rfd = FK.wfd = -1;
+        FK.on = 0;
+    }
     if (S.fd >= 0) R.close(S.fd);
     S.fd = -1;
     if (S.page) munmap(S.page, 4096);
@@ -1322,18 +1461,24 @@ static void atfork_child(void)
     atomic_store(&S.reported, 0);
     S.parent_session = S.session_id;
     S.session_id = 0;
+    S.session_pid = 0;
+    if (atomic_load(&nconns) > 0 && !atomic_load(&S.dead)) test_child_delay();
+    if (wait_fd >= 0) {
+        char b;
+        while (R.read(wait_fd, &b, 1) < 0 && errno == EINTR) {}
+        R.close(wait_fd);
+    }
     if (atomic_load(&nconns) == 0 || atomic_load(&S.dead)) return;
     pthread_mutex_lock(&S.lock);
     if (session_ensure() == 0) {
-        static unsigned gen;
-        gen++;
+        mark_gen++;
         for (unsigned ch = 0; ch < NCHUNKS; ch++) {
             struct conn **t = atomic_load(&table[ch]);
             if (!t) continue;
             for (unsigned i = 0; i < CHUNK; i++) {
                 struct conn *c = t[i];
-                if (!c || c->mark_gen == gen) continue;
-                c->mark_gen = gen;
+                if (!c || c->mark_gen == mark_gen) continue;
+                c->mark_gen = mark_gen;
                 struct m_conn m = { .h = { M_HOLD, 0, 0 }, .conn_id = c->id };
                 if (raw_send(&m, sizeof m, -1) < 0) { session_lost("send hold"); goto out; }
             }
@@ -1348,14 +1493,18 @@ out:
 /* ------------------------------------------------------------------ */
 
 /*
- * A normal exit (exit(), return from main) closes the process's fds without
- * close() calls: report those closes so the agent does not take a clean exit
- * for a crash.  _exit() and fatal signals skip this, and that is a crash.
+ * A voluntary exit closes the process's fds without close() calls: report
+ * those closes so the agent does not take a clean exit for a crash (a holder
+ * that ends holding a connection crashed).  exit() and return from main come
+ * through the destructor; _exit()/_Exit() (forking servers' children, Python's
+ * os._exit) through the wrappers below.  Fatal signals skip both: a crash.
  * Conns are not freed here: other threads may still be running.
  */
-__attribute__((destructor)) static void shim_dtor(void)
+static void report_exit_closes(void)
 {
     if (!S.active || atomic_load(&nconns) == 0 || atomic_load(&S.dead)) return;
+    /* A vfork child shares our memory and our session: it must not speak for us. */
+    if (S.session_pid != 0 && S.session_pid != (pid_t)syscall(SYS_getpid)) return;
     for (unsigned ch = 0; ch < NCHUNKS; ch++) {
         struct conn **t = atomic_load(&table[ch]);
         if (!t) continue;
@@ -1371,4 +1520,22 @@ __attribute__((destructor)) static void shim_dtor(void)
             if (last) report_close(c, HOW_CLOSE);
         }
     }
+}
+
+__attribute__((destructor)) static void shim_dtor(void) { report_exit_closes(); }
+
+EXPORT void _exit(int status)
+{
+    if (LIKELY(atomic_load_explicit(&init_done, memory_order_acquire))) report_exit_closes();
+    if (R._exit) R._exit(status);
+    syscall(SYS_exit_group, status);
+    __builtin_unreachable();
+}
+
+EXPORT void _Exit(int status)
+{
+    if (LIKELY(atomic_load_explicit(&init_done, memory_order_acquire))) report_exit_closes();
+    if (R._Exit) R._Exit(status);
+    syscall(SYS_exit_group, status);
+    __builtin_unreachable();
 }
