@@ -111,3 +111,68 @@ def test_status_without_supervisor(tmp_path) -> None:  # type: ignore[no-untyped
 def test_run_needs_a_command_and_a_logger() -> None:
     r = CliRunner().invoke(main, ["run", "--port", "80", "--insecure", "--", "true"])
     assert r.exit_code == 2 and "--logger" in r.output
+
+
+def _established(eng: Engine, q: FakeQueue, sent: list[list[Any]], port: int, base: int) -> int:
+    syn = build_tcp(C, S, port, SP, 1000, 0, SYN, 64240, encode_options(mss=1460, wscale=7))
+    synack = build_tcp(S, C, SP, port, 5000, 1001, SYN | ACK, 65160,
+                       encode_options(mss=1460, wscale=7))  # fmt: skip
+    q.batch = [qp(base, syn, NF_INET_LOCAL_IN), qp(base + 1, synack, NF_INET_LOCAL_OUT)]
+    eng._on_queue()
+    cid = sent[-1][0].conn_id
+    eng.on_logger_acks([wire.HandshakeAck(cid)])
+    return cid
+
+
+def test_timers_without_scanning_every_connection() -> None:
+    """Core timers (a crashed conn's closed-window probes) and the linger of finished
+    conns are armed from their own tables; the conns that have none cost nothing."""
+    from ftcp.core.events import ProcessDied
+
+    async def body(eng: Engine, q: FakeQueue, sent: list[list[Any]]) -> None:
+        eng.linger = 0.05
+        eng.injector = type("Inj", (), {"send": lambda self, raw: None})()
+        ids = [_established(eng, q, sent, CP + i, 10 * i + 1) for i in range(3)]
+        assert eng._timer is None  # established, nothing to wait for
+        crashed = eng.by_id[ids[0]]
+        eng.feed(crashed, ProcessDied(eng._now()))
+        probe = crashed.core.get_timer()
+        assert probe is not None and eng._timer_at == probe
+        eng._finish(eng.by_id[ids[1]], eng._now())  # also ends the conn's core timer
+        gone = eng.by_id[ids[1]]
+        assert eng._timer_at is not None and eng._timer_at <= gone.finished_at + eng.linger
+        for _ in range(200):  # the timer fires by itself: the finished conn is forgotten
+            if ids[1] not in eng.by_id:
+                break
+            await asyncio.sleep(0.01)
+        assert ids[1] not in eng.by_id and gone.key not in eng.conns
+        assert ids[0] in eng.by_id and ids[2] in eng.by_id
+        assert eng.stats.fabricated >= 1  # the crashed conn's probes were sent
+        eng._finish(crashed, eng._now())
+        for _ in range(200):
+            if ids[0] not in eng.by_id:
+                break
+            await asyncio.sleep(0.01)
+        assert ids[0] not in eng.by_id and not eng._core_timers and not eng._lingering
+        assert eng._timer is None  # only the live, timer-less conn is left
+
+    run_engine(body)
+
+
+def test_reads_acked_reach_only_the_conns_that_read() -> None:
+    async def body(eng: Engine, q: FakeQueue, sent: list[list[Any]]) -> None:
+        logged: list[int] = []
+        eng.mark_logged = logged.append
+        a, b = (_established(eng, q, sent, CP + i, 10 * i + 1) for i in range(2))
+        eng.on_read(a, 1, 0, 10)
+        eng.on_read(b, 2, 0, 20)
+        eng.on_read(a, 3, 0, 30)
+        assert set(eng._reading) == {a, b}
+        assert eng.by_id[a].core.unstable_reads == 2
+        eng.on_logger_acks([wire.ReadsAck(2)])  # orders 0, 1: a's first read, b's read
+        assert logged[-1] == 2 and eng.by_id[a].core.unstable_reads == 1
+        assert set(eng._reading) == {a}
+        eng.on_logger_acks([wire.ReadsAck(3)])
+        assert logged[-1] == 3 and not eng._reading
+
+    run_engine(body)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import heapq
 import itertools
 import logging
 import socket
@@ -163,6 +164,14 @@ class Engine:
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        # timers without a scan of every connection: the core timers of the conns that
+        # have one (recomputed for the conns fed since the last rearm), and a heap of
+        # (linger end, conn id, conn) for finished ones
+        self._core_timers: dict[int, tuple[float, Conn]] = {}
+        self._touched: dict[int, Conn] = {}
+        self._lingering: list[tuple[float, int, Conn]] = []
+        # conns fed a read report: the only ones a ReadsAck can concern
+        self._reading: dict[int, Conn] = {}
         # read order: (agent order, logger order or None for an unprotected read)
         self._reads: collections.deque[tuple[int, int | None]] = collections.deque()
         self._next_log_order = 0
@@ -333,7 +342,11 @@ class Engine:
     def _new_conn(self, key: Key, pkt: TcpPacket, now: float) -> Conn:
         old = self.conns.pop(key, None)
         if old is not None:
-            self.by_id.pop(old.core.conn_id, None)
+            oid = old.core.conn_id
+            self.by_id.pop(oid, None)
+            self._core_timers.pop(oid, None)
+            self._touched.pop(oid, None)
+            self._reading.pop(oid, None)
         cid = next(self._ids)
         core = Connection(
             cid,
@@ -359,9 +372,11 @@ class Engine:
         try:
             actions = c.core.handle(ev)
         except FtcpError as e:
+            self._touched[c.core.conn_id] = c
             self.stats.errors += 1
             log.error("ssw: conn %d: %s (%s)", c.core.conn_id, e, type(ev).__name__)
             return None
+        self._touched[c.core.conn_id] = c
         self._trace_limit(c)  # before the actions: a fabricated ack leaves at once
         self._carry_out(c, actions)
         return actions
@@ -519,6 +534,7 @@ class Engine:
         if c.finished_at is not None:
             return
         c.finished_at = now
+        heapq.heappush(self._lingering, (now + self.linger, c.core.conn_id, c))
         if c.core.state is not State.CLOSED:
             self._feed(c, Finish(now))
         self._rearm_timer()
@@ -526,13 +542,21 @@ class Engine:
     def _rearm_timer(self) -> None:
         if self._loop is None:
             return
+        timers = self._core_timers
+        if self._touched:
+            for cid, c in self._touched.items():
+                t = c.core.get_timer()
+                if t is None or self.by_id.get(cid) is not c:
+                    timers.pop(cid, None)
+                else:
+                    timers[cid] = (t, c)
+            self._touched.clear()
         when: float | None = None
-        for c in self.conns.values():
-            t = c.core.get_timer()
-            if c.finished_at is not None:
-                t2 = c.finished_at + self.linger
-                t = t2 if t is None else min(t, t2)
-            if t is not None and (when is None or t < when):
+        if timers:
+            when = min(t for t, _ in timers.values())
+        if self._lingering:
+            t = self._lingering[0][0]
+            if when is None or t < when:
                 when = t
         if when == self._timer_at:
             return
@@ -547,13 +571,19 @@ class Engine:
         self._timer = None
         self._timer_at = None
         now = self._now()
+        lingering = self._lingering
+        while lingering and lingering[0][0] <= now:
+            _, _, c = heapq.heappop(lingering)
+            self._forget(c)
+        # a full scan here (timers are rare): it also rebuilds the core timer table
+        self._core_timers.clear()
+        self._touched.clear()
         for c in list(self.conns.values()):
-            if c.finished_at is not None and now >= c.finished_at + self.linger:
-                self._forget(c)
-                continue
             t = c.core.get_timer()
             if t is not None and now >= t:
                 self._feed(c, Timer(now))
+            else:
+                self._touched[c.core.conn_id] = c
         self._after_batch()
 
     def _forget(self, c: Conn) -> None:
@@ -561,8 +591,12 @@ class Engine:
             self._verdict_drop(ident)
         if self.conns.get(c.key) is c:
             del self.conns[c.key]
-        if self.by_id.get(c.core.conn_id) is c:
-            del self.by_id[c.core.conn_id]
+        cid = c.core.conn_id
+        if self.by_id.get(cid) is c:
+            del self.by_id[cid]
+            self._core_timers.pop(cid, None)
+            self._touched.pop(cid, None)
+            self._reading.pop(cid, None)
 
     def _owner(self, ident: int) -> Conn | None:
         entry = self._pkts.get(ident)
@@ -611,6 +645,7 @@ class Engine:
             r = ReadResult(conn_id, log_order, ReadKind(int(kind)), value)
             if self.ack_trace is not None:
                 self._trace_reads.append((log_order, c, value if r.kind is ReadKind.DATA else 0))
+            self._reading[conn_id] = c
             self._feed(c, ReadReported(now, r))
         else:
             log.debug("ssw: read on unprotected conn %d (order %d) not logged", conn_id, order)
@@ -625,9 +660,14 @@ class Engine:
         self._logged_next = next_order
         if self._trace_reads:
             self._trace_logged_reads(next_order)
-        for c in self.conns.values():
+        done = []
+        for cid, c in self._reading.items():
             if c.core.unstable_reads:
                 self._feed(c, ReadLogged(now, next_order - 1))
+            if not c.core.unstable_reads:
+                done.append(cid)
+        for cid in done:
+            del self._reading[cid]
         self._advance_reads()
 
     def _advance_reads(self) -> None:
