@@ -205,8 +205,9 @@ def status(state_dir: str, as_json: bool) -> None:
         click.echo(f"  {len(conns)} connection(s)")
         for c in conns:
             click.echo(
-                f"  #{c['conn_id']} {c['client']} {c['state']} stable_seq={c['stable_seq']} "
-                f"server_seq={c['server_seq']} unstable_reads={c['unstable_reads']}"
+                f"  #{c['conn_id']} {c['client']} {c['state']} logged={c.get('logged_bytes')} B "
+                f"lag={c.get('unlogged_bytes')} B unstable_reads={c['unstable_reads']} "
+                f"stable_seq={c['stable_seq']} server_seq={c['server_seq']}"
             )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -242,7 +243,11 @@ def test_logger_killed_mid_transfer_stalls_then_resumes(lossenv: Env, empty_firs
         (doc,) = _status(env, state)
         assert doc["logger_ok"] is False and doc["logger_link"]["up"] is False
         assert doc["logger_link"]["reconnect_attempts"] >= 2
+        (conn,) = [c for c in doc["connections"] if not c["finished"]]
+        assert conn["logged_bytes"] > 0 and conn["unlogged_bytes"] > 0  # the stalled lag
         assert "down since" in _status_text(env, state)
+        lags = re.findall(r" lag=(\d+) B ", _status_text(env, state))
+        assert lags and int(lags[0]) > 0
         assert "lost:" in srv.err() and "connections stall until it is back" in srv.err()
         assert cl.poll() is None
         if empty_first:

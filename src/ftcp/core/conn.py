@@ -393,6 +393,7 @@ class Connection:
         self.client_window = 0
         self.client_ts_val: int | None = None
         self._client_max = 0  # end of the highest client data seen
+        self.logged_bytes = 0  # instream bytes the logger acknowledged (not wrapped)
         self.snd_nxt = 0  # client view: end of the outstream sent to the client
         self._snd_known = False
         self.delivered_ack = 0  # highest ack the client was sent
@@ -445,6 +446,7 @@ class Connection:
         c._adopt_handshake(plan.c_isn, plan.client_opts, plan.s_isn, plan.server_opts)
         c.handshake_logged = True
         c.stable_seq = plan.stable_seq
+        c.logged_bytes = (plan.stable_seq - plan.c_isn - 1) & seq.MASK  # < 4 GiB known
         c._fin_logged = plan.client_fin
         c._client_max = plan.ack_limit
         c.server_seq = c.snd_nxt = plan.server_seq
@@ -853,6 +855,11 @@ class Connection:
             self._advance_stable(ev)
         self._set_state(nxt)
 
+    @property
+    def unlogged_bytes(self) -> int:
+        """Client bytes seen but not yet acknowledged by the logger (the `stable_seq` lag)."""
+        return seq.sub(self._client_max, self.stable_seq) if self.handshake_logged else 0
+
     def _advance_stable(self, ev: LoggerAck) -> None:
         new = ev.stable_seq
         assert new is not None
@@ -865,6 +872,7 @@ class Connection:
             )
         old = self.ack_limit
         fin_before = self._fin_logged
+        self.logged_bytes += seq.sub(new, self.stable_seq)
         self.stable_seq = new
         if ev.fin:
             self._fin_logged = True
@@ -1073,6 +1081,7 @@ class Connection:
             )
         self.plan = plan
         if seq.gt(plan.stable_seq, self.stable_seq):
+            self.logged_bytes += seq.sub(plan.stable_seq, self.stable_seq)
             self.stable_seq = plan.stable_seq
         if plan.client_fin and plan.stable_seq == self.stable_seq:
             self._fin_logged = True

@@ -743,6 +743,8 @@ class Engine:
                     "stable_seq": core.stable_seq,
                     "server_seq": core.server_seq,
                     "unstable_reads": core.unstable_reads,
+                    "unlogged_bytes": core.unlogged_bytes,
+                    "logged_bytes": core.logged_bytes,
                     "finished": c.finished_at is not None,
                 }
             )
