@@ -288,6 +288,123 @@ def test_no_ack_until_fdatasync_returns(tmp_path, monkeypatch) -> None:
         gate.set()
 
 
+
+def _synced_state(synced: dict[str, int], app_id: str, data_dir: Path) -> AppState:
+    """What a restart would know from only the bytes an fdatasync has covered."""
+    st = AppState(app_id)
+    d = data_dir / "apps" / app_id.encode().hex()
+    for p in sorted(d.glob("*.seg")):
+        n = synced.get(str(p), 0)
+        for kind, data in read_entries(p.read_bytes()[:n])[0]:
+            if kind == store_mod.KIND_RECORDS:
+                st.apply(wire.decode_records(data))
+    return st
+
+
+def test_pipelined_group_commit_acks_only_what_fdatasync_covered(tmp_path, monkeypatch) -> None:
+    """Group commit (`batch`) with the next group written while the loop receives: every
+    ack, when it arrives, is covered by an fdatasync that had *returned* (the file size
+    at the start of a completed fdatasync bounds what it made durable)."""
+    d = tmp_path / "d"
+    data = random.Random(5).randbytes(400_000)
+    synced: dict[str, int] = {}
+    lock = threading.Lock()
+    real = os.fdatasync
+    checked: list[int] = []
+
+    def tracking_sync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        size = os.fstat(fd).st_size  # everything written before the call
+        real(fd)
+        with lock:
+            synced[path] = max(synced.get(path, 0), size)
+
+    monkeypatch.setattr(store_mod.os, "fdatasync", tracking_sync)
+
+    async def go() -> None:
+        async with logger_server(d, sync="batch") as srv:
+
+            def on_ack(acks: list[wire.Ack]) -> None:
+                with lock:
+                    disk = _synced_state(dict(synced), "app", d)
+                for a in acks:
+                    if isinstance(a, wire.StreamAck):
+                        assert seq.le(a.stable_seq, disk.conns[a.conn_id].reasm.stable_seq)
+                        checked.append(a.stable_seq)
+                    elif isinstance(a, wire.ReadsAck):
+                        assert a.next_order <= disk.next_order
+                    elif isinstance(a, wire.HandshakeAck):
+                        assert a.conn_id in disk.conns
+
+            c = await LoggerClient.connect(*srv.address, app_id="app", secret=SECRET, on_ack=on_ack)
+            c.send([handshake(1)])
+            for i, s in enumerate(segments(1, 1000, data, mss=4000)):
+                c.send([s, ReadResult(1, i, ReadKind.DATA, len(s.payload))])
+                if i % 7 == 0:
+                    await asyncio.sleep(0.002)  # paced: many commit groups
+            await c.wait_batch()
+            assert srv.store.stats["syncs"] > 2
+            await c.close()
+
+    run(go())
+    assert len(checked) > 2
+    assert checked[-1] == seq.add(1000, 1 + len(data))
+
+
+def test_group_waiting_behind_a_slow_fdatasync_is_not_acked(tmp_path, monkeypatch) -> None:
+    """`batch`: records that arrive while a group's fdatasync is stuck are written as the
+    next group only after it, and nothing of either is acknowledged before its sync."""
+    gate = threading.Event()
+    real = os.fdatasync
+    calls = [0]
+
+    def gated_sync(fd: int) -> None:
+        calls[0] += 1
+        if calls[0] >= 3:  # segment creation syncs first; then the first records group
+            gate.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(store_mod.os, "fdatasync", gated_sync)
+
+    async def go() -> None:
+        async with logger_server(tmp_path / "d", sync="batch") as srv:
+            c = await LoggerClient.connect(*srv.address, app_id="app", secret=SECRET)
+            c.send([handshake(1)])
+            await c.wait_batch()
+            first = c.send(segments(1, 1000, b"a" * 3000))
+            await asyncio.sleep(0.1)
+            later = c.send(segments(1, 1000, b"b" * 3000, start=3000))
+            await asyncio.sleep(0.2)
+            assert c.batch_acked == 1 and c.stable.get(1, (1001, 1001)) == (1001, 1001)
+            gate.set()
+            await c.wait_batch(later)
+            assert first < later and c.stable[1] == (7001, 7001)
+            await c.close()
+
+    try:
+        run(go())
+    finally:
+        gate.set()
+
+
+def test_write_all_survives_short_writev(tmp_path, monkeypatch) -> None:
+    real = os.writev
+
+    def short(fd: int, bufs: list) -> int:  # at most 5 bytes per call
+        first = bytes(bufs[0])[:5]
+        return real(fd, [first])
+
+    monkeypatch.setattr(store_mod.os, "writev", short)
+    parts = [b"header", memoryview(b"xyz"), b"", bytearray(b"0123456789abcdef")]
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        store_mod._write_all(fd, parts)
+        store_mod._write_all(fd, b"tail")
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"headerxyz0123456789abcdeftail"
+
 def test_refused_record_is_reported_and_link_kept(tmp_path) -> None:
     async def go() -> None:
         async with logger_server(tmp_path / "d") as srv:

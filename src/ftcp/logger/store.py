@@ -24,7 +24,10 @@ always starts a fresh segment after a restart.
 
 Sync policies: `always` writes and fdatasyncs each batch on its own before it
 is acknowledged; `batch` (group commit) takes everything that arrived while
-the previous write+fdatasync ran and commits it with one fdatasync per file;
+the previous write+fdatasync ran and commits it with one fdatasync per file
+(the commits are pipelined: the next group is taken the moment the previous
+one is durable, while the event loop keeps receiving; a group's entries are
+acknowledged only after its own fdatasync returned);
 `none` acknowledges after write() (unsafe against power loss or a kernel
 crash; for benchmarks). A segment's creation is made durable (file and
 directory fsync) before anything in it is acknowledged.
@@ -54,7 +57,9 @@ import errno
 import fcntl
 import logging
 import os
+import queue
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -299,13 +304,31 @@ class AppLog:
         raise RemoteProtocolError(f"unknown entry kind {kind}")
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    mv = memoryview(data)
-    while mv:
-        n = os.write(fd, mv)
+try:
+    _IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))
+except (ValueError, OSError):  # pragma: no cover
+    _IOV_MAX = 1024
+
+
+def _write_all(fd: int, data: bytes | memoryview | list[bytes | memoryview]) -> None:
+    """Write every byte of `data` (one buffer, or a list written with `writev`: the
+    entries go from the records' own buffers to the file without being joined first)."""
+    if not isinstance(data, list):
+        data = [data]
+    bufs = [b for b in data if len(b)]
+    i = 0
+    while i < len(bufs):
+        n = os.writev(fd, bufs[i : i + _IOV_MAX])
         if n <= 0:
             raise OSError(errno.EIO, "short write")
-        mv = mv[n:]
+        while n:
+            left = len(bufs[i])
+            if n >= left:
+                n -= left
+                i += 1
+            else:
+                bufs[i] = memoryview(bufs[i])[n:]
+                n = 0
 
 
 def _fsync_dir(path: Path) -> None:
@@ -337,12 +360,18 @@ class Store:
         self._pending: collections.deque[Entry] = collections.deque()
         self._pending_bytes = 0
         self._pressured = False
-        self._wakeup = asyncio.Event()
         self._submitted = 0
         self._durable_count = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._lock_fd: int | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ftcp-store")
+        # the committer: one thread doing write+fdatasync of one group at a time, handed
+        # groups through `_jobs` and reporting back with `call_soon_threadsafe` (no
+        # executor future, no task wake-up between a group and the next)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._jobs: queue.SimpleQueue[list[Entry] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._busy = False  # a group is being written (or waits to be retried)
         self.failing: str | None = None  # why writes fail, while they do
         self.stats = {"groups": 0, "entries": 0, "bytes": 0, "syncs": 0}
 
@@ -450,7 +479,8 @@ class Store:
         self._pending.append(e)
         e.app.pending += 1
         self._pending_bytes += e.size
-        self._wakeup.set()
+        if not self._busy:
+            self._kick()
         if not self._pressured and self._pending_bytes > HIGH_WATER:
             self._pressured = True
             if self.on_pressure:
@@ -466,34 +496,74 @@ class Store:
         await fut
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        """The committer: runs until cancelled (groups are written by its thread)."""
+        self._loop = asyncio.get_running_loop()
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._commit_thread, name="ftcp-store", daemon=True
+            )
+            self._thread.start()
+        self._kick()
+        try:
+            await self._loop.create_future()  # forever
+        finally:
+            self._stop_thread()
+
+    def _kick(self) -> None:
+        """Start writing the next group if none is in flight."""
+        if self._busy or not self._pending or self._loop is None or self._thread is None:
+            return
+        self._busy = True
+        self._jobs.put(self._take_group())
+
+    def _commit_thread(self) -> None:
+        loop = self._loop
+        assert loop is not None
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._pending:
-                group = self._take_group()
-                while True:
-                    try:
-                        done = await loop.run_in_executor(self._pool, self._write_group, group)
-                    except Exception as e:  # OSError mostly; anything else is as bad
-                        written = getattr(e, "ftcp_written", 0)
-                        self._durable(group[:written])
-                        group = group[written:]
-                        why = f"{type(e).__name__}: {e}"
-                        if self.failing != why:
-                            log.error(
-                                "store write failed (%s): not acknowledging; retrying every %.1fs",
-                                why,
-                                self.retry_interval,
-                            )
-                        self.failing = why
-                        await asyncio.sleep(self.retry_interval)
-                        continue
-                    if self.failing is not None:
-                        log.warning("store writes succeed again: acknowledging resumes")
-                        self.failing = None
-                    self._durable(group[:done])
-                    break
+            group = self._jobs.get()
+            if group is None:
+                return
+            try:
+                done, err = self._write_group(group), None
+            except Exception as e:  # OSError mostly; anything else is as bad
+                done, err = getattr(e, "ftcp_written", 0), e
+            try:
+                loop.call_soon_threadsafe(self._group_done, group, done, err)
+            except RuntimeError:  # the loop is closed: nobody to acknowledge
+                return
+
+    def _group_done(self, group: list[Entry], done: int, err: BaseException | None) -> None:
+        """In the loop: `group[:done]` is durable (on disk and fdatasync'd)."""
+        if err is None:
+            if self.failing is not None:
+                log.warning("store writes succeed again: acknowledging resumes")
+                self.failing = None
+            self._durable(group[:done])  # still busy: no write runs beside its bookkeeping
+            self._busy = False
+            self._kick()
+            return
+        self._durable(group[:done])
+        rest = group[done:]
+        why = f"{type(err).__name__}: {err}"
+        if self.failing != why:
+            log.error(
+                "store write failed (%s): not acknowledging; retrying every %.1fs",
+                why,
+                self.retry_interval,
+            )
+        self.failing = why
+        assert self._loop is not None
+        # still busy: nothing newer is written before this group is
+        self._loop.call_later(self.retry_interval, self._jobs.put, rest)
+
+    def _stop_thread(self) -> None:
+        t = self._thread
+        if t is None:
+            return
+        self._thread = None
+        self._jobs.put(None)
+        if t is not threading.current_thread():
+            t.join()
 
     def _take_group(self) -> list[Entry]:
         if self.sync is SyncPolicy.ALWAYS:
@@ -608,10 +678,15 @@ class Store:
         assert app.fd is not None
         pre = app.size
         try:
-            _write_all(app.fd, b"".join(parts))
+            _write_all(app.fd, parts)
             if synced:
                 os.fdatasync(app.fd)
                 self.stats["syncs"] += 1
+                # the pages are clean now and only a restart reads them (from disk):
+                # give them back, so the next writes reuse warm pages instead of
+                # growing the page cache into memory never touched before
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(app.fd, pre, total, os.POSIX_FADV_DONTNEED)
         except OSError:
             with contextlib.suppress(OSError):
                 os.ftruncate(app.fd, pre)
@@ -662,6 +737,7 @@ class Store:
                 with contextlib.suppress(OSError):
                     os.close(app.fd)
                 app.fd = None
+        self._stop_thread()
         self._pool.shutdown(wait=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
