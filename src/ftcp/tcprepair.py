@@ -134,7 +134,15 @@ def _repair(s: socket.socket, spec: RepairSpec) -> RepairResult:
         rcv_nxt = seq.add(spec.rcv_seq, queued)
         step = "window"
         _, _, max_window, rcv_wnd, _ = _WINDOW.unpack(s.getsockopt(tcp, TCP_REPAIR_WINDOW, 20))
-        if spec.rcv_edge is not None:
+        if queued < len(spec.instream):
+            # the receive queue is full (the kernel caps it, ~32 MB here): the rest of the
+            # log is refilled by SSW into the window, and the window is what the queue
+            # can still take, so the refill goes as fast as the application's reads make
+            # room. Keeping the old right edge instead (far beyond what fits) had SSW
+            # inject megabytes the kernel could only collapse and drop (64 MB: 200 ms).
+            # The client is not behind this edge: it holds ack = stable_seq, window 0.
+            rcv_wnd = _free_space(s)
+        elif spec.rcv_edge is not None:
             rcv_wnd = max(rcv_wnd, seq.sub(spec.rcv_edge, rcv_nxt))
         s.setsockopt(
             tcp,
@@ -151,6 +159,20 @@ def _repair(s: socket.socket, spec: RepairSpec) -> RepairResult:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse)
         raise RepairError(step, e.errno or errno.EIO, touched) from e
     return RepairResult(rcv_nxt, rcv_wnd, queued)
+
+
+SO_MEMINFO = 55
+_MEMINFO = struct.Struct("9I")  # rmem_alloc, rcvbuf, wmem_alloc, sndbuf, fwd_alloc, ...
+
+
+def _free_space(s: socket.socket) -> int:
+    """Receive window the socket's memory still allows: half its free receive buffer
+    (what the kernel itself advertises, tcp_adv_win_scale = 1), at least 0."""
+    try:
+        rmem, rcvbuf = _MEMINFO.unpack(s.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))[:2]
+    except (OSError, struct.error):
+        return 0
+    return max(0, rcvbuf - rmem) // 2
 
 
 def _fill(s: socket.socket, data: bytes) -> int:

@@ -226,6 +226,43 @@ def test_shuffled_duplicated_segments_rebuild_the_stream(tmp_path) -> None:
     run(go())
 
 
+def test_large_recovery_while_the_instream_keeps_growing(tmp_path) -> None:
+    """A multi-frame recovery answer is sent from the live instream buffers (no copy):
+    segments of the same connection logged while it is under way neither break the
+    ingest nor change the answer (the prefix it announced), and show up in the next."""
+    rnd = random.Random(11)
+    first, more = rnd.randbytes(5 * 1048576 + 12345), rnd.randbytes(3 * 1048576 + 7)
+    other = rnd.randbytes(2 * 1048576 + 3)
+
+    async def go() -> None:
+        async with logger_server(tmp_path / "d") as srv:
+            c = await LoggerClient.connect(*srv.address, app_id="app", secret=SECRET)
+            c.send([handshake(1, c_isn=100, order=0), handshake(2, c_isn=7, order=1)])
+            for cid, isn, data in ((1, 100, first), (2, 7, other)):
+                segs = segments(cid, isn, data, mss=60000)
+                for i in range(0, len(segs), 8):
+                    c.send(segs[i : i + 8])
+            await c.wait_batch()
+            task = asyncio.ensure_future(c.recover())
+            late = segments(1, 100, more, mss=60000, start=len(first))
+            for i in range(0, len(late), 4):
+                c.send(late[i : i + 4])
+                await asyncio.sleep(0)
+            logs = await task
+            assert [lg.handshake.conn_id for lg in logs] == [1, 2]
+            got = logs[0].instream
+            assert len(got) >= len(first) and got == (first + more)[: len(got)]
+            assert logs[0].stable_seq == seq.add(100, 1 + len(got))
+            assert logs[1].instream == other
+            await c.wait_batch()
+            logs = await c.recover()
+            assert logs[0].instream == first + more and logs[1].instream == other
+            assert not c.errors
+            await c.close()
+
+    run(go())
+
+
 def test_acks_never_exceed_what_is_on_disk(tmp_path) -> None:
     """Every ack, when it arrives, is backed by bytes already in the segment files."""
     d = tmp_path / "d"

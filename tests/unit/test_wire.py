@@ -6,6 +6,7 @@ import contextlib
 import os
 import struct
 import time
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -65,9 +66,7 @@ insegs = st.builds(
     ts_ecr=opt32,
     payload=st.binary(max_size=300),
 )
-reads = st.builds(
-    ReadResult, conn_id=u64, order=u64, kind=st.sampled_from(ReadKind), length=u32
-)
+reads = st.builds(ReadResult, conn_id=u64, order=u64, kind=st.sampled_from(ReadKind), length=u32)
 records = st.one_of(
     handshakes,
     insegs,
@@ -78,8 +77,8 @@ records = st.one_of(
 )
 
 
-def roundtrip(data: bytes, chunk: int | None = None) -> list[wire.Frame]:
-    d = wire.Decoder()
+def roundtrip(data: bytes, chunk: int | None = None, stream: bool = False) -> list[wire.Frame]:
+    d = wire.Decoder(stream_instream=stream)
     if chunk is None:
         return d.feed(data)
     out: list[wire.Frame] = []
@@ -137,11 +136,12 @@ def connection_logs(draw: st.DrawFn) -> ConnectionLog:
     hs = draw(handshakes)
     cid = hs.conn_id
     rs = draw(st.lists(st.builds(ReadResult, st.just(cid), u64, st.sampled_from(ReadKind), u32)))
+    instream = draw(st.binary(max_size=3000))
     return ConnectionLog(
         handshake=hs,
-        stable_seq=draw(u32),
+        stable_seq=(hs.c_isn + 1 + len(instream)) & 0xFFFFFFFF,  # as the logger's always is
         server_seq=draw(u32),
-        instream=draw(st.binary(max_size=3000)),
+        instream=instream,
         client_fin=draw(st.booleans()),
         reads=rs,
         write_mark=draw(st.none() | st.builds(WriteMark, st.just(cid), u64, u64)),
@@ -159,6 +159,74 @@ def test_recovery_stream_roundtrip(logs) -> None:
     done = [asm.feed(f) for f in roundtrip(data, 700)]  # type: ignore[arg-type]
     assert done[-1] and not any(done[:-1])
     assert asm.result() == logs
+
+
+@given(
+    st.lists(connection_logs(), max_size=4, unique_by=lambda c: c.handshake.conn_id),
+    st.integers(1, 900),
+    st.integers(1, 2000),
+)
+@settings(max_examples=80)
+def test_recovery_streamed_instream_roundtrip(logs, frame_chunk, feed_chunk) -> None:
+    """The supervisor's decoder hands on RECOVER_INSTREAM bodies piece by piece as
+    they arrive (any split of the byte stream): the assembled logs are the same."""
+    data = b"".join(wire.recovery_frames(9, logs, chunk=frame_chunk))
+    asm = wire.RecoveryAssembler(9)
+    done = [asm.feed(f) for f in roundtrip(data, feed_chunk, stream=True)]  # type: ignore[arg-type]
+    assert done[-1] and not any(done[:-1])
+    assert asm.result() == logs
+
+
+def test_streamed_instream_then_other_frames_in_one_feed() -> None:
+    hs = Handshake(1, 0, "a", 1, "b", 2, 10, 20, SynOptions(), SynOptions())
+    log = ConnectionLog(hs, 11 + 100_000, 21, os.urandom(100_000), False)
+    data = b"".join(wire.recovery_frames(3, [log], chunk=30_000)) + wire.encode(wire.Ping(5, 6))
+    d = wire.Decoder(stream_instream=True)
+    fs = d.feed(data[:50]) + d.feed(data[50:70_000]) + d.feed(data[70_000:])
+    assert fs[-1] == wire.Ping(5, 6) and d.buffered == 0
+    asm = wire.RecoveryAssembler(3)
+    assert [asm.feed(f) for f in fs[:-1]][-1]  # type: ignore[arg-type]
+    assert asm.result()[0].instream == log.instream
+
+
+def test_streamed_instream_frame_too_short_or_too_long_is_rejected() -> None:
+    d = wire.Decoder(stream_instream=True)
+    with pytest.raises(RemoteProtocolError, match="RECOVER_INSTREAM"):
+        d.feed(wire.frame(wire.FrameType.RECOVER_INSTREAM, b"\0" * 10))
+    d = wire.Decoder(max_frame=1000, stream_instream=True)
+    head = wire.recovery_instream_head(1, 1, 0, 5000)  # announces more than max_frame
+    with pytest.raises(RemoteProtocolError, match="oversized"):
+        d.feed(head + b"x" * 100)
+    with pytest.raises(RemoteProtocolError, match="already failed"):
+        d.feed(b"x")
+
+
+def test_recovery_assembler_rejects_hostile_sizes() -> None:
+    hs = Handshake(1, 0, "a", 1, "b", 2, 10, 20, SynOptions(), SynOptions())
+    log = ConnectionLog(hs, 21, 21, b"0123456789", False, [ReadResult(1, 0, ReadKind.DATA, 10)])
+    fs = roundtrip(b"".join(wire.recovery_frames(1, [log], chunk=4)))
+    head = fs[0]
+    assert isinstance(head, wire.RecoverConn)
+    # an announced length that its stable_seq does not explain (e.g. a huge allocation)
+    for bad in (11, 1 << 40):
+        with pytest.raises(RemoteProtocolError, match="announces"):
+            wire.RecoveryAssembler(1).feed(replace(head, instream_len=bad))
+    # more instream than announced: would grow the buffer
+    asm = wire.RecoveryAssembler(1)
+    asm.feed(head)
+    with pytest.raises(RemoteProtocolError, match="runs past"):
+        asm.feed(wire.RecoverInstream(1, 1, 0, b"x" * 11))
+    # more reads than announced
+    asm = wire.RecoveryAssembler(1)
+    asm.feed(head)
+    with pytest.raises(RemoteProtocolError, match="more reads"):
+        asm.feed(wire.RecoverReads(1, 1, [ReadResult(1, o, ReadKind.DATA, 1) for o in range(2)]))
+    # anything after the end
+    asm = wire.RecoveryAssembler(1)
+    for f in fs:
+        asm.feed(f)  # type: ignore[arg-type]
+    with pytest.raises(RemoteProtocolError, match="after the end"):
+        asm.feed(wire.RecoverEnd(1, 1))
 
 
 def test_recovery_assembler_rejects_gaps_and_short_answers() -> None:
@@ -279,8 +347,10 @@ def test_hot_path_speed() -> None:
     lower so a loaded CI machine does not flake; the measured figures are printed.
     """
     payload = os.urandom(1448)
-    segs = [InSegment(i % 64, (i * 1448) & 0xFFFFFFFF, 5, 65535, False, 1, 2, payload)
-            for i in range(4000)]
+    segs = [
+        InSegment(i % 64, (i * 1448) & 0xFFFFFFFF, 5, 65535, False, 1, 2, payload)
+        for i in range(4000)
+    ]
     rr = [ReadResult(i % 64, i, ReadKind.DATA, 100) for i in range(50000)]
     best_seg = best_rr = 0.0
     for _ in range(3):

@@ -223,6 +223,9 @@ def run_in_lab(
             "restart_ms": 1000 * t["restart_s"],
             "replay_ms": 1000 * t["replay_s"],
             "fetch_ms": 1000 * t["fetch_s"],
+            # the part of the log transfer the rebuild waited for (the rest overlapped the
+            # application's start-up)
+            "fetch_wait_ms": 1000 * (t.get("fetch_wait_s") or 0),
             "startup_ms": 1000 * (t["startup_s"] or 0),
             "stall_ms": 1000 * res["stall_s"],
             "replay_mb_s": (nbytes / MB) / t["replay_s"] if t["replay_s"] else None,
@@ -255,7 +258,14 @@ def run(runs: int, sizes: Sequence[int], restores: Sequence[str]) -> dict[str, A
         for topo, mb, local in configs:
             samples = [one_run(topo, mb * MB, local, restore) for _ in range(runs)]
             row = {k: samples[0][k] for k in ("topology", "logger", "restore", "logged_mb")}
-            for k in ("restart_ms", "replay_ms", "fetch_ms", "startup_ms", "stall_ms"):
+            for k in (
+                "restart_ms",
+                "replay_ms",
+                "fetch_ms",
+                "fetch_wait_ms",
+                "startup_ms",
+                "stall_ms",
+            ):
                 row[k] = statistics.median(s[k] for s in samples)
             row["replay_mb_s"] = mb / (row["replay_ms"] / 1000) if row["replay_ms"] else None
             row["queued_mb"] = statistics.median(s["queued_mb"] for s in samples)
@@ -270,7 +280,8 @@ def _line(r: dict[str, Any]) -> str:
     return (
         f"{r['topology']:>8} {r['logger']:>6} {r['restore']:>9} {r['logged_mb']:6.0f} MB  "
         f"restart {r['restart_ms']:7.1f} ms  replay {r['replay_ms']:8.1f} ms "
-        f"(fetch {r['fetch_ms']:7.1f})  {r['replay_mb_s'] or 0:7.1f} MB/s  "
+        f"(fetch {r['fetch_ms']:7.1f}, waited for {r.get('fetch_wait_ms', 0):6.1f})  "
+        f"{r['replay_mb_s'] or 0:7.1f} MB/s  "
         f"stall {r['stall_ms']:8.1f} ms  app start-up {r['startup_ms']:6.1f} ms"
         + (f"  queued {r.get('queued_mb', 0):5.1f} MB" if r["restore"] == "repair" else "")
         + ("" if r["ok"] else "  FAILED")
@@ -280,7 +291,9 @@ def _line(r: dict[str, Any]) -> str:
 def render(doc: dict[str, Any]) -> str:
     head = (
         "recovery after kill -9 (medians): restart = death -> rebuilt kernel connection "
-        "without app start-up and log transfer; replay = log transfer + refill + replay; "
+        "without app start-up and log transfer; replay = log transfer + refill + replay "
+        "(the log transfer runs during the app's start-up; 'waited for' = the part of it "
+        "the rebuild still waited for once the app listened); "
         "stall = client-visible; repair: queued = logged MiB put straight into the "
         "receive queue by TCP_REPAIR (the rest is refilled by SSW)\n"
     )

@@ -31,6 +31,14 @@ class Reassembler:
         """Logged bytes `[isn + 1, stable_seq)`."""
         return bytes(self._data)
 
+    def live(self) -> bytearray:
+        """The buffer behind `contiguous`, not copied (recovery's answer): read only.
+
+        It only ever grows at its end, so a prefix read from it stays valid; a
+        `memoryview` of it must be released before anything is added.
+        """
+        return self._data
+
     @property
     def fin_reached(self) -> bool:
         """A client FIN is logged right after the contiguous bytes."""

@@ -81,7 +81,7 @@ class LoggerClient(asyncio.Protocol):
         self.on_error = on_error
         self.acks: asyncio.Queue[list[wire.Ack]] = asyncio.Queue()
         self.errors: list[wire.Error] = []
-        self.decoder = wire.Decoder(max_frame)
+        self.decoder = wire.Decoder(max_frame, stream_instream=True)  # recovery: no buffering
         self.transport: asyncio.Transport | None = None
         self.nonce = os.urandom(wire.NONCE_LEN)
         self.server_nonce = b""
@@ -265,7 +265,7 @@ class LoggerClient(asyncio.Protocol):
             self._lost = loop.create_future()
             self.transport.abort()
             await self._lost
-        self.decoder = wire.Decoder(self.decoder.max_frame)
+        self.decoder = wire.Decoder(self.decoder.max_frame, stream_instream=True)
         self.nonce = os.urandom(wire.NONCE_LEN)
         self.server_nonce = b""
         self.flags |= wire.HELLO_RESUME

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,13 @@ def set_nagle(transport: asyncio.BaseTransport, on: bool) -> None:
         return
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0 if on else 1)
+
+
+# Python 3.11's socket transport copies what it cannot send at once, so it may be handed
+# views of live buffers; later versions keep the views themselves
+_WRITE_COPIES = sys.version_info < (3, 12)
+RECOVER_CHUNK = 1 << 20  # instream bytes per RECOVER_INSTREAM frame
+RECOVER_SNDBUF = 4 << 20  # send buffer asked for a large recovery answer (capped by wmem_max)
 
 
 class Peer(asyncio.Protocol):
@@ -437,19 +445,47 @@ class Peer(asyncio.Protocol):
         except (ConnectionError, asyncio.CancelledError):
             pass
 
+    def _grow_sndbuf(self, n: int) -> None:
+        """A large answer: let the kernel take whole frames straight from the log's
+        buffers (fewer partial sends, less copied into the transport's buffer)."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None or n < RECOVER_CHUNK:
+            return
+        with contextlib.suppress(OSError):
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < RECOVER_SNDBUF:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, RECOVER_SNDBUF)
+
+    def _send_raw(self, data: bytes | memoryview) -> None:
+        if self.state == "closed" or self.transport is None:
+            raise ConnectionError("peer gone")
+        self.transport.write(data)
+
     async def _recover(self, req_id: int) -> None:
         try:
             await self.server.store.barrier()
             app = self.server.store.apps.get(self.app_id) if self.app is None else self.app
-            logs = app.state.recovery() if app is not None else []
+            # the instreams are the live buffers, not copies: each piece goes to the
+            # transport as a view released at once (3.11's transport copies what the
+            # socket does not take; a view held across an await would stop the ingest
+            # from growing the buffer); they only grow at the end, so the prefix the
+            # answer announces stays as it was
+            logs = app.state.recovery(live=True) if app is not None else []
+            sizes = [len(lg.instream) for lg in logs]
+            self._grow_sndbuf(sum(sizes))
             n_bytes = 0
-            for fr in wire.recovery_frames(req_id, logs):
-                if self.state == "closed":
-                    return
-                assert self.transport is not None
-                self.transport.write(fr)
-                n_bytes += len(fr)
-                await self._drain()
+            for lg, size in zip(logs, sizes, strict=True):
+                cid = lg.handshake.conn_id
+                for fr in wire.recovery_conn_frames(req_id, lg, size):
+                    self._send_raw(fr)
+                    n_bytes += len(fr)
+                for off in range(0, size, RECOVER_CHUNK):
+                    k = min(RECOVER_CHUNK, size - off)
+                    self._send_raw(wire.recovery_instream_head(req_id, cid, off, k))
+                    with memoryview(lg.instream) as mv, mv[off : off + k] as piece:
+                        self._send_raw(piece if _WRITE_COPIES else bytes(piece))
+                    n_bytes += k
+                    await self._drain()
+            self._send_raw(wire.encode(wire.RecoverEnd(req_id, len(logs))))
             log.info(
                 "recovery for %r sent to %s: %d connection(s), %d bytes",
                 self.app_id,

@@ -64,7 +64,9 @@ class ConnState:
         # last (stable_seq, ack_limit) reported; the handshake ack implies the initial one
         self.acked: tuple[int, int] | None = (self.reasm.stable_seq, self.reasm.ack_limit)
 
-    def to_log(self) -> ConnectionLog:
+    def to_log(self, live: bool = False) -> ConnectionLog:
+        """`live`: the instream is the live buffer, not a copy (`Reassembler.live`: it
+        may grow after this; its first `stable_seq - c_isn - 1` bytes are the log)."""
         r = self.reasm
         cid = self.handshake.conn_id
         kinds = _READ_KINDS
@@ -73,7 +75,7 @@ class ConnState:
             handshake=self.handshake,
             stable_seq=r.stable_seq,
             server_seq=self.server_seq,
-            instream=r.contiguous,
+            instream=r.live() if live else r.contiguous,  # type: ignore[arg-type]
             client_fin=r.fin_reached,
             reads=reads,
             write_mark=self.write_mark,
@@ -278,7 +280,7 @@ class AppState:
             self.deleted.add(cid)
         return gone
 
-    def recovery(self) -> list[ConnectionLog]:
-        """Live connections in accept order."""
+    def recovery(self, live: bool = False) -> list[ConnectionLog]:
+        """Live connections in accept order (`live`: see `ConnState.to_log`)."""
         conns = sorted(self.conns.values(), key=lambda c: c.handshake.accept_order)
-        return [c.to_log() for c in conns]
+        return [c.to_log(live) for c in conns]
