@@ -51,7 +51,16 @@ def main() -> None:
     default="lazy",
     show_default=True,
 )
-@click.option("--restore", type=click.Choice(["handshake", "repair"]), default="handshake")
+@click.option(
+    "--restore",
+    type=click.Choice(["repair", "handshake"]),
+    default="repair",
+    show_default=True,
+    help="How a crashed connection is rebuilt: repair = TCP_REPAIR in place (exact sequence "
+    "numbers and options, nothing to translate afterwards; the faster), handshake = the "
+    "paper's fabricated handshake, then every segment translated. A repair that fails "
+    "before touching the socket falls back to the handshake.",
+)
 @click.option(
     "--max-restarts",
     type=int,

@@ -85,7 +85,7 @@ class RunConfig:
     command: list[str]
     secret: bytes | None = None  # None: --insecure
     ack_strategy: str = "lazy"
-    restore: str = "handshake"
+    restore: str = "repair"  # or "handshake" (the paper's)
     iface: str | None = None
     queue_num: int | None = None
     mark: int = DEFAULT_MARK
