@@ -13,6 +13,8 @@ import struct
 
 import dpkt
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ftcp.core import seq
 from ftcp.core.packet import (
@@ -24,7 +26,9 @@ from ftcp.core.packet import (
     RST,
     SYN,
     URG,
+    BlockSums,
     PacketError,
+    Summed,
     TcpOptions,
     TcpPacket,
     build_tcp,
@@ -701,3 +705,83 @@ def test_malformed_options(opts: bytes, match: str) -> None:
 def test_options_after_eol_are_ignored() -> None:
     p = TcpPacket.parse(dpkt_packet(b"\x02\x04\x05\xb4\x00\x02\x00\x00"))
     assert p.options() == TcpOptions(mss=1460)
+
+
+# --- precomputed payload sums (refill) ----------------------------------------------
+
+BS = BlockSums.BLOCK
+
+
+def _congruent(a: int, b: int) -> bool:
+    return a % 0xFFFF == b % 0xFFFF
+
+
+@given(
+    st.binary(min_size=0, max_size=5 * BS + 7),
+    st.data(),
+    st.sampled_from([None, 0, 1, 3, 100]),
+)
+def test_block_sums_match_ones_sum(data: bytes, draw: st.DataObject, done: int | None) -> None:
+    """Any range, odd or even start and length, across block boundaries, with none,
+    some or all blocks precomputed: congruent to the full sum."""
+    bsums = BlockSums(data)
+    if done != 0:
+        bsums.precompute(done)
+    n = len(data)
+    edges = sorted({0, n} | {k * BS + d for k in range(n // BS + 1) for d in (-1, 0, 1)})
+    edges = [e for e in edges if 0 <= e <= n]
+    a = draw.draw(st.one_of(st.sampled_from(edges), st.integers(0, n)))
+    b = draw.draw(st.one_of(st.sampled_from([e for e in edges if e >= a]), st.integers(a, n)))
+    got = bsums.range_sum(a, b)
+    assert 0 <= got <= 0xFFFE
+    assert _congruent(got, ones_sum(data[a:b]))
+    s = bsums.summed(a, b)
+    assert isinstance(s, Summed) and s == data[a:b] and s.ones == got
+
+
+def test_block_sums_every_boundary_all_zero_and_ones() -> None:
+    for fill in (0x00, 0xFF, 0x5A):
+        data = bytes([fill]) * (3 * BS + 5)
+        bsums = BlockSums(data)
+        bsums.precompute()
+        for a in range(0, len(data), BS // 2 - 1):
+            for b in (a, a + 1, a + BS - 1, a + BS, a + 2 * BS + 3, len(data)):
+                if a <= b <= len(data):
+                    assert _congruent(bsums.range_sum(a, b), ones_sum(data[a:b])), (fill, a, b)
+
+
+def test_block_sums_precompute_in_steps() -> None:
+    data = os.urandom(4 * BS + 3)
+    bsums = BlockSums(data)
+    assert bsums.blocks == 4 and bsums.blocks_done == 0
+    assert not bsums.precompute(3) and bsums.blocks_done == 3
+    assert bsums.precompute(3) and bsums.blocks_done == 4
+    assert bsums.precompute()  # nothing left
+    with pytest.raises(ValueError):
+        bsums.range_sum(2, len(data) + 1)
+
+
+@given(st.binary(min_size=0, max_size=3 * BS + 3), st.data())
+def test_build_tcp_with_summed_payload_is_identical(data: bytes, draw: st.DataObject) -> None:
+    """A `Summed` payload gives the same bytes (both checksums) as a plain one, with
+    and without options."""
+    bsums = BlockSums(data)
+    bsums.precompute(draw.draw(st.integers(0, 4)))
+    a = draw.draw(st.integers(0, len(data)))
+    b = draw.draw(st.integers(a, len(data)))
+    opts = draw.draw(st.sampled_from([b"", encode_options(ts=(123456, 654321))]))
+    args = ("10.1.2.3", "10.4.5.6", 40000, 80, 0xFFFFFFF0, 77, ACK | PSH, 513, opts)
+    plain = build_tcp(*args, data[a:b])
+    assert build_tcp(*args, bsums.summed(a, b)) == plain
+    pkt = TcpPacket.parse(plain)
+    assert pkt.tcp_checksum_ok() and pkt.ip_checksum_ok()
+
+
+def test_build_tcp_trusts_the_summed_value() -> None:
+    """The sum is taken as given (a wrong one gives a wrong checksum): it must come from
+    the same bytes, as `BlockSums.summed` guarantees."""
+    data = b"abcdef" * 100
+    good = build_tcp("10.0.0.1", "10.0.0.2", 1, 2, 3, 4, ACK, 5, b"", Summed(data, ones_sum(data)))
+    assert good == build_tcp("10.0.0.1", "10.0.0.2", 1, 2, 3, 4, ACK, 5, b"", data)
+    bad = build_tcp("10.0.0.1", "10.0.0.2", 1, 2, 3, 4, ACK, 5, b"", Summed(data, 1))
+    assert not TcpPacket.parse(bad).tcp_checksum_ok()

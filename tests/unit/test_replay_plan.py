@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from ftcp.core import seq
 from ftcp.core.events import ACK, FIN, SYN
+from ftcp.core.packet import Summed, ones_sum
 from ftcp.core.records import (
     Close,
     CloseHow,
@@ -128,6 +129,19 @@ def test_instream_chunks_cover_exactly(c_isn: int, data: bytes, a: int, b: int, 
     for s, c in chunks:
         assert s == pos and 0 < len(c) <= mss
         pos = seq.add(pos, len(c))
+
+
+@given(st.binary(max_size=20000), st.integers(0, 20000), st.integers(1, 9000), st.booleans())
+def test_instream_chunks_carry_their_sums(data: bytes, a: int, mss: int, presum: bool) -> None:
+    """Refill payloads carry a sum congruent to their full checksum sum, whether the
+    plan's blocks were summed beforehand (`presum`) or not."""
+    p = plan_recovery(make_log(instream=data))
+    if presum:
+        assert p.presum()
+    base = seq.add(p.c_isn, 1)
+    for _, c in p.instream_chunks(seq.add(base, a), p.stable_seq, mss):
+        assert isinstance(c, Summed)
+        assert c.ones % 0xFFFF == ones_sum(bytes(c)) % 0xFFFF
 
 
 def test_refill_segment_fin() -> None:

@@ -43,6 +43,8 @@ __all__ = [
     "RST",
     "PSH",
     "ACK",
+    "BlockSums",
+    "Summed",
     "URG",
     "ECE",
     "CWR",
@@ -192,6 +194,90 @@ def csum_update(csum: int, old: int, new: int) -> int:
     full recomputation exactly (both lie in [0, 0xFFFE]) when `csum` was right.
     """
     return (csum + old - new) % 0xFFFF
+
+
+class Summed(bytes):
+    """Payload bytes that carry `ones`, a value congruent to `ones_sum(self)` modulo
+    0xFFFF (see `BlockSums`): `build_tcp` then folds only the headers."""
+
+    ones: int
+
+    def __new__(cls, data: bytes | bytearray | memoryview, ones: int) -> Summed:
+        obj = super().__new__(cls, data)
+        obj.ones = ones
+        return obj
+
+
+class BlockSums:
+    """Ones'-complement sums of any range of a fixed buffer, from per-block partial sums.
+
+    The checksum of a refill segment is dominated by its payload; the payloads are
+    ranges of one logged instream cut wherever the window falls. The sum of the
+    blocks (`BLOCK` bytes, at even offsets) is computed once (`precompute`, while the
+    application starts, or on first use), so a range costs its two partial end blocks.
+
+    With `G(a, b)` the sum of `data[a:b]` taken with the buffer's own word alignment
+    (bytes at even offsets are high bytes), `G` adds over adjacent ranges, and the sum
+    of the range as a payload of its own (starting a word) is `G` when `a` is even and
+    `256 * G` (the bytes swapped) when odd, all modulo 0xFFFF (2**16 == 1).
+    """
+
+    BLOCK = 2 * _CHUNK  # even; a block's two chunks are added before one modulo
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self._mv = memoryview(data).cast("B")
+        self._n = len(self._mv)
+        self._pref = [0]  # _pref[k] = G(0, k * BLOCK) % 0xFFFF
+
+    @property
+    def blocks_done(self) -> int:
+        return len(self._pref) - 1
+
+    @property
+    def blocks(self) -> int:
+        return self._n // self.BLOCK
+
+    def precompute(self, max_blocks: int | None = None) -> bool:
+        """Sum up to `max_blocks` more whole blocks (None: all); True when all are done."""
+        todo = self.blocks - self.blocks_done
+        if max_blocks is not None:
+            todo = min(todo, max_blocks)
+        self._extend(self.blocks_done + todo)
+        return self.blocks_done >= self.blocks
+
+    def _extend(self, k: int) -> None:
+        pref, mv, bs, h = self._pref, self._mv, self.BLOCK, _CHUNK
+        v = pref[-1]
+        for a in range((len(pref) - 1) * bs, k * bs, bs):
+            # both halves end at even offsets: their values add up (2**16 == 1)
+            v += int.from_bytes(mv[a : a + h], "big") + int.from_bytes(mv[a + h : a + bs], "big")
+            v %= 0xFFFF
+            pref.append(v)
+
+    def _direct(self, a: int, b: int) -> int:
+        """`G(a, b)` summed from the bytes (the range ends at `b`: an odd `b` shifts)."""
+        v = int.from_bytes(self._mv[a:b], "big")
+        return v << 8 if b & 1 else v
+
+    def range_sum(self, a: int, b: int) -> int:
+        """A value in [0, 0xFFFE] congruent to `ones_sum(data[a:b])` modulo 0xFFFF."""
+        if not 0 <= a <= b <= self._n:
+            raise ValueError(f"range [{a}, {b}) outside [0, {self._n})")
+        bs = self.BLOCK
+        ka = -(-a // bs)
+        kb = b // bs
+        if kb - ka < 2 or kb > self.blocks_done:
+            # not summed yet: summing the blocks first would cost more than the range
+            return ones_sum(self._mv[a:b]) % 0xFFFF
+        g = self._direct(a, ka * bs) + self._pref[kb] - self._pref[ka]
+        g += self._direct(kb * bs, b)
+        if a & 1:
+            g <<= 8
+        return g % 0xFFFF
+
+    def summed(self, a: int, b: int) -> Summed:
+        """`data[a:b]` carrying its sum."""
+        return Summed(self._mv[a:b], self.range_sum(a, b))
 
 
 def pseudo_header_sum(src: bytes, dst: bytes, tcp_len: int, proto: int = _PROTO_TCP) -> int:
@@ -751,7 +837,8 @@ def build_tcp(
 ) -> bytes:
     """A complete IPv4/TCP packet (DF set) with correct IP and TCP checksums.
 
-    `options` must be a multiple of 4 bytes, at most 40 (see `encode_options`).
+    `options` must be a multiple of 4 bytes, at most 40 (see `encode_options`). A
+    `Summed` payload's sum is taken as given (only the headers are summed).
     """
     s = _addr(src)
     d = _addr(dst)
@@ -800,6 +887,12 @@ def build_tcp(
     )
     buf[40 : 40 + olen] = options
     buf[40 + olen :] = payload
-    _U16.pack_into(buf, 36, inet_checksum(memoryview(buf)[20:], pseudo_header_sum(s, d, tcp_len)))
+    pseudo = pseudo_header_sum(s, d, tcp_len)
+    ones = getattr(payload, "ones", None)  # `Summed`: fold the headers only
+    if ones is None:
+        csum = inet_checksum(memoryview(buf)[20:], pseudo)
+    else:
+        csum = inet_checksum(memoryview(buf)[20 : 40 + olen], pseudo + ones)
+    _U16.pack_into(buf, 36, csum)
     _U16.pack_into(buf, 10, ip_checksum(memoryview(buf)[:20]))
     return bytes(buf)

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ftcp.core import seq
 from ftcp.core.events import ACK, FIN, PSH, SYN, OutSegment
+from ftcp.core.packet import BlockSums
 from ftcp.core.records import (
     Close,
     CloseHow,
@@ -95,6 +96,16 @@ class RecoveryPlan:
     client_window: int  # latest raw window field of the client
     client_ts_val: int | None  # latest client TSval logged
     ts_floor: int | None  # lowest TSval the client may see next (None: unknown)
+    # checksum block sums of `instream` (`presum` while the application starts):
+    # refill payloads carry their sum, so building a segment folds its headers only
+    sums: BlockSums = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sums", BlockSums(self.instream))
+
+    def presum(self, max_blocks: int | None = None) -> bool:
+        """Sum up to `max_blocks` more blocks of the instream; True when all are."""
+        return self.sums.precompute(max_blocks)
 
     # ---------------------------------------------------------------- negotiated
 
@@ -204,7 +215,7 @@ class RecoveryPlan:
         while seq.lt(start, end):
             n = min(mss, seq.sub(end, start))
             off = seq.sub(start, base)
-            yield start, self.instream[off : off + n]
+            yield start, self.sums.summed(off, off + n)
             start = seq.add(start, n)
 
     def refill_segment(
