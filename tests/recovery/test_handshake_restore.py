@@ -17,11 +17,12 @@ BIGAPPS = str(Path(__file__).with_name("bigapps.py"))
 pytestmark = pytest.mark.root
 
 
-def test_echo_killed_mid_transfer(unshaped: Env) -> None:
+@pytest.mark.parametrize("restore", ["handshake", "repair"])
+def test_echo_killed_mid_transfer(unshaped: Env, restore: str) -> None:
     lab = unshaped.lab
     port = unshaped.next_port()
     cmd = [sys.executable, APPS, "echo-server", str(port)]
-    with Protected(unshaped, port, cmd) as srv:
+    with Protected(unshaped, port, cmd, extra=["--restore", restore]) as srv:
         cap = Capture(lab, srv.dir / "client.pcap", port)
         cl = run_client(unshaped, ["duplex", lab.ip("server"), port, 4 << 20, 16384, 0.01])
         time.sleep(1.0)
