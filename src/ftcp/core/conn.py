@@ -397,6 +397,7 @@ class Connection:
         self.snd_nxt = 0  # client view: end of the outstream sent to the client
         self._snd_known = False
         self.delivered_ack = 0  # highest ack the client was sent
+        self._server_fin_end: int | None = None  # client view: end of the server's FIN
         self.advertised_edge: int | None = None  # right edge last advertised to the client
         self.kernel_ack: int | None = None  # highest ack the server's TCP tried
         self.right_edge: int | None = None  # the server TCP's latest right edge
@@ -477,6 +478,18 @@ class Connection:
     def fin_logged(self) -> bool:
         """The client's FIN is durably logged (the ack limit covers it)."""
         return self._fin_logged
+
+    @property
+    def closed_both_ways(self) -> bool:
+        """The client acknowledged the server's FIN, and its own FIN is logged and was
+        acknowledged to it: no byte can flow either way any more."""
+        fin = self._server_fin_end
+        return (
+            fin is not None
+            and seq.ge(self.server_seq, fin)
+            and self._fin_logged
+            and seq.ge(self.delivered_ack, self.ack_limit)
+        )
 
     @property
     def restarting(self) -> bool:
@@ -699,6 +712,9 @@ class Connection:
             trig = T.SERVER_SEGMENT
         if trig is T.SERVER_SYNACK and self.state is State.REPLAY_SYN_SENT and self._repair:
             trig = T.REPAIR_SYNACK
+        stale_rst = bool(f & RST) and self.state in _LIVE and self.closed_both_ways
+        if stale_rst:
+            trig = T.SERVER_RESET  # nothing left to recover: the connection is over
         nxt = self._next(trig, ev)
         st = self.state
         if trig is T.REPAIR_SYNACK:
@@ -727,6 +743,14 @@ class Connection:
                 self._rebuild_synack(ev)
             else:
                 self._emit(Drop(ev.ident, "not the rebuilt SYN-ACK"))
+        elif stale_rst:
+            # the client has both FINs acknowledged (it is in TIME-WAIT or gone): this is
+            # the server TCP answering a late duplicate of the client's last ack after the
+            # socket went away (a FIN retransmitted while that ack waited in SSW); it says
+            # nothing the client needs and would only cut its TIME-WAIT short
+            self._emit(Drop(ev.ident, "RST after both FINs were acknowledged"))
+            if st is not State.CLOSED:
+                self._abandon("server reset after both FINs")
         elif trig is T.SERVER_UNEXPLAINED and st is not State.CLOSED:
             self._emit(Drop(ev.ident, "FIN/RST without an application close"))
             self._emit(StartRecovery(self.conn_id, "FIN/RST from the server TCP without close"))
@@ -774,6 +798,8 @@ class Connection:
         out_seq = seq.add(ev.seq, self.delta_seq)
         end = seq.add(out_seq, ev.seg_len)
         self.snd_nxt = seq.max_(self.snd_nxt, end)
+        if f & FIN:
+            self._server_fin_end = end
         kend = seq.add(ev.seq, ev.seg_len)
         self.kernel_snd_nxt = seq.max_(self.kernel_snd_nxt, kend)
         new_seq = out_seq if self.delta_seq else None
