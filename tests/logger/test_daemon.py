@@ -263,6 +263,18 @@ def test_large_recovery_while_the_instream_keeps_growing(tmp_path) -> None:
     run(go())
 
 
+def check_acks_against(disk: AppState, acks: list[wire.Ack], checked: list[int]) -> None:
+    """Every ack is backed by `disk` (the state rebuilt from what is on disk)."""
+    for a in acks:
+        if isinstance(a, wire.StreamAck):
+            assert seq.le(a.stable_seq, disk.conns[a.conn_id].reasm.stable_seq)
+            checked.append(a.stable_seq)
+        elif isinstance(a, wire.ReadsAck):
+            assert a.next_order <= disk.next_order
+        elif isinstance(a, wire.HandshakeAck):
+            assert a.conn_id in disk.conns
+
+
 def test_acks_never_exceed_what_is_on_disk(tmp_path) -> None:
     """Every ack, when it arrives, is backed by bytes already in the segment files."""
     d = tmp_path / "d"
@@ -273,16 +285,7 @@ def test_acks_never_exceed_what_is_on_disk(tmp_path) -> None:
         async with logger_server(d) as srv:
 
             def on_ack(acks: list[wire.Ack]) -> None:
-                disk = replay_dir(d, "app")
-                for a in acks:
-                    if isinstance(a, wire.StreamAck):
-                        conn = disk.conns[a.conn_id].reasm
-                        assert seq.le(a.stable_seq, conn.stable_seq)
-                        checked.append(a.stable_seq)
-                    elif isinstance(a, wire.ReadsAck):
-                        assert a.next_order <= disk.next_order
-                    elif isinstance(a, wire.HandshakeAck):
-                        assert a.conn_id in disk.conns
+                check_acks_against(replay_dir(d, "app"), acks, checked)
 
             c = await LoggerClient.connect(*srv.address, app_id="app", secret=SECRET, on_ack=on_ack)
             c.send([handshake(1)])
@@ -325,7 +328,6 @@ def test_no_ack_until_fdatasync_returns(tmp_path, monkeypatch) -> None:
         gate.set()
 
 
-
 def _synced_state(synced: dict[str, int], app_id: str, data_dir: Path) -> AppState:
     """What a restart would know from only the bytes an fdatasync has covered."""
     st = AppState(app_id)
@@ -364,14 +366,7 @@ def test_pipelined_group_commit_acks_only_what_fdatasync_covered(tmp_path, monke
             def on_ack(acks: list[wire.Ack]) -> None:
                 with lock:
                     disk = _synced_state(dict(synced), "app", d)
-                for a in acks:
-                    if isinstance(a, wire.StreamAck):
-                        assert seq.le(a.stable_seq, disk.conns[a.conn_id].reasm.stable_seq)
-                        checked.append(a.stable_seq)
-                    elif isinstance(a, wire.ReadsAck):
-                        assert a.next_order <= disk.next_order
-                    elif isinstance(a, wire.HandshakeAck):
-                        assert a.conn_id in disk.conns
+                check_acks_against(disk, acks, checked)
 
             c = await LoggerClient.connect(*srv.address, app_id="app", secret=SECRET, on_ack=on_ack)
             c.send([handshake(1)])
@@ -441,6 +436,7 @@ def test_write_all_survives_short_writev(tmp_path, monkeypatch) -> None:
     finally:
         os.close(fd)
     assert path.read_bytes() == b"headerxyz0123456789abcdeftail"
+
 
 def test_refused_record_is_reported_and_link_kept(tmp_path) -> None:
     async def go() -> None:
