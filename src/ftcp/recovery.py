@@ -51,13 +51,13 @@ import json
 import logging
 import os
 import socket
-import struct
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftcp import sockdiag
 from ftcp.core.conn import State
 from ftcp.core.events import Finish, ProcessDied, Rebuild, Repaired, ReplayDone
 from ftcp.core.packet import ACK, RST, build_tcp
@@ -78,57 +78,16 @@ PRESUM_STEP = 32  # checksum blocks (8 KiB) summed per event loop turn (~0.4 ms)
 STABLE_AFTER = 10.0  # a process that lived this long resets the restart count
 
 
-_NL_DIAG = 4  # NETLINK_SOCK_DIAG
-_DIAG_BY_FAMILY = 20  # SOCK_DIAG_BY_FAMILY
-_TCP_LISTEN = 10
-_NLMSG_ERROR, _NLMSG_DONE = 2, 3
-_NLM_F_REQUEST_DUMP = 0x1 | 0x300
-
-
 def listening(port: int) -> bool:
     """A TCP socket in LISTEN on `port` exists in this network namespace.
 
-    Asked of sock_diag for listeners only (the kernel walks its listening hash, not
-    every socket: recovery polls this every millisecond while the application starts,
-    and reading /proc/net/tcp that often took a good part of a CPU); /proc/net/tcp
-    when netlink is not available."""
+    Asked of sock_diag for listeners only (recovery polls this every millisecond
+    while the application starts; reading /proc/net/tcp that often took a good part
+    of a CPU); /proc/net/tcp when netlink is not available."""
     try:
-        return _listening_diag(port)
+        return sockdiag.listening(port)
     except OSError:
         return _listening_proc(port)
-
-
-def _listening_diag(port: int) -> bool:
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NL_DIAG) as nl:
-        for family in (socket.AF_INET, socket.AF_INET6):
-            req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 1 << _TCP_LISTEN)
-            req += bytes(48)  # inet_diag_sockid: the dump filters by state only
-            nl.send(
-                struct.pack("=IHHII", 16 + len(req), _DIAG_BY_FAMILY, _NLM_F_REQUEST_DUMP, 1, 0)
-                + req
-            )
-            found = False
-            while True:
-                data = nl.recv(1 << 16)
-                off, done = 0, not data
-                while off + 16 <= len(data):
-                    length, kind = struct.unpack_from("=IH", data, off)
-                    if length < 16 or kind in (_NLMSG_DONE, _NLMSG_ERROR):
-                        if kind == _NLMSG_ERROR and length >= 20:
-                            (err,) = struct.unpack_from("=i", data, off + 16)
-                            if err:
-                                raise OSError(-err, "sock_diag")
-                        done = True
-                        break
-                    if kind == _DIAG_BY_FAMILY and length >= 24:
-                        (sport,) = struct.unpack_from("!H", data, off + 16 + 4)
-                        found = found or sport == port
-                    off += (length + 3) & ~3
-                if done:
-                    break
-            if found:
-                return True
-    return False
 
 
 def _listening_proc(port: int) -> bool:

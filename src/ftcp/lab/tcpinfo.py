@@ -17,13 +17,9 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from ftcp import sockdiag
+
 CLONE_NEWNET = 0x40000000
-NETLINK_SOCK_DIAG = 4
-SOCK_DIAG_BY_FAMILY = 20
-NLM_F_REQUEST = 0x1
-NLM_F_DUMP = 0x300
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
 INET_DIAG_INFO = 2
 # offsets in struct tcp_info (linux/tcp.h)
 TCPI_SND_MSS = 16
@@ -72,7 +68,7 @@ class SockDiag:
 
     def __init__(self, netns_path: str | Path) -> None:
         self.sock = socket_in_netns(
-            netns_path, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG
+            netns_path, socket.AF_NETLINK, socket.SOCK_RAW, sockdiag.NETLINK_SOCK_DIAG
         )
         self.sock.bind((0, 0))
         self.seq = 0
@@ -88,33 +84,10 @@ class SockDiag:
 
     def tcp(self) -> list[TcpSock]:
         self.seq += 1
-        req = struct.pack(
-            "=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1), 0, 0xFFFFFFFF
+        msgs = sockdiag.dump(
+            self.sock, socket.AF_INET, sockdiag.ALL_STATES, 1 << (INET_DIAG_INFO - 1), self.seq
         )
-        req += bytes(48)  # inet_diag_sockid: match everything
-        hdr = struct.pack(
-            "=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0
-        )
-        self.sock.send(hdr + req)
-        out: list[TcpSock] = []
-        while True:
-            data = self.sock.recv(1 << 20)
-            off = 0
-            while off + 16 <= len(data):
-                length, kind, _flags, seq, _pid = struct.unpack_from("=IHHII", data, off)
-                if length < 16:
-                    return out
-                if seq == self.seq:
-                    if kind == NLMSG_DONE:
-                        return out
-                    if kind == NLMSG_ERROR:
-                        (err,) = struct.unpack_from("=i", data, off + 16)
-                        if err:
-                            raise OSError(-err, f"sock_diag: {os.strerror(-err)}")
-                        return out
-                    if kind == SOCK_DIAG_BY_FAMILY:
-                        out.append(_parse(data[off + 16 : off + length]))
-                off += (length + 3) & ~3
+        return [_parse(m) for m in msgs]
 
 
 def _parse(msg: bytes) -> TcpSock:

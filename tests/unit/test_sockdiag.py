@@ -1,0 +1,42 @@
+"""`ftcp.sockdiag`: the sock_diag dump recovery polls for the restarted listener."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from ftcp import sockdiag
+
+
+def test_listening_sees_a_listener_and_not_a_closed_one() -> None:
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        s = socket.create_server((host, 0), family=family)
+        port = s.getsockname()[1]
+        assert sockdiag.listening(port)
+        s.close()
+        assert not sockdiag.listening(port)
+
+
+def test_dump_filters_by_state() -> None:
+    lst = socket.create_server(("127.0.0.1", 0))
+    port = lst.getsockname()[1]
+    cli = socket.create_connection(("127.0.0.1", port))
+    srv, _ = lst.accept()
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, sockdiag.NETLINK_SOCK_DIAG) as nl:
+            every = [
+                (m[1], struct.unpack_from("!HH", m, 4))
+                for m in sockdiag.dump(nl, socket.AF_INET, seq=7)
+            ]
+            listeners = [
+                struct.unpack_from("!H", m, 4)[0]
+                for m in sockdiag.dump(nl, socket.AF_INET, 1 << sockdiag.TCP_LISTEN, seq=8)
+            ]
+        established = 1
+        assert (established, (cli.getsockname()[1], port)) in every
+        assert (established, (port, cli.getsockname()[1])) in every
+        assert port in listeners
+        assert cli.getsockname()[1] not in listeners
+    finally:
+        for s in (cli, srv, lst):
+            s.close()
