@@ -314,5 +314,9 @@ def test_crash_while_logger_down_waits_for_the_logger(lossenv: Env) -> None:
         assert cl.returncode == 0, err
         r = json.loads(out.decode().strip().splitlines()[-1])
         assert r["recv"] == nbytes and r["recv_sha"] == r["sent_sha"], r
+        # the status file is rewritten every second: it may not show the end yet
+        wait_until(
+            lambda: _status(env, state)[0]["recovery"]["recoveries"] >= 1, 5, "status to catch up"
+        )
         rec = _status(env, state)[0]["recovery"]
         assert rec["recoveries"] == 1 and not rec["waiting_for_logger"], rec
