@@ -598,7 +598,7 @@ class RecoveryBridge(AgentBridge):
                 if plan is not None and c.core.state in (State.REPLAYING, State.REPLAY_SYN_SENT):
                     c.accepted = True
                     return Replay(
-                        reads=[(Kind(int(r.kind)), r.length) for r in plan.reads],
+                        reads=plan.reads,
                         discard=plan.discard,
                         conn_id=plan.conn_id,
                     )

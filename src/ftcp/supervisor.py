@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from ftcp.core import wire
 from ftcp.core.ackpolicy import make_policy
 from ftcp.errors import UserError
 from ftcp.logger.client import LoggerClient, LoggerError
@@ -75,6 +76,7 @@ log = logging.getLogger("ftcp.run")
 DEFAULT_STATE_DIR = "/run/ftcp"
 DEFAULT_MARK = 0x66746370  # "ftcp"
 STOP_GRACE = 5.0
+RECOVERY_ARENA = 4 << 20  # pre-faulted memory for the instreams a recovery fetches
 
 
 @dataclass(slots=True)
@@ -243,6 +245,7 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
         raise UserError(
             f"cannot reach the logger at {cfg.logger_host}:{cfg.logger_port}: {what}"
         ) from None
+    client.instream_arena = wire.InstreamArena(RECOVERY_ARENA)
 
     trace: IO[str] | None = None
     queue: Queue | None = None

@@ -390,3 +390,26 @@ def test_validate_agrees_with_decode(recs, data) -> None:
     if want is not None:
         frame = wire.frame(wire.FrameType.RECORDS, bytes(body))
         assert wire.Decoder(raw_records=True).feed(frame) == [wire.RawRecords(bytes(body), want)]
+
+
+@given(
+    st.lists(connection_logs(), max_size=4, unique_by=lambda c: c.handshake.conn_id),
+    st.integers(0, 6000),
+)
+@settings(max_examples=50)
+def test_recovery_into_an_arena(logs, arena_size) -> None:
+    """Instreams that fit are carved from the supervisor's pre-faulted arena, the rest
+    allocated; the logs are the same either way, and the next request starts over."""
+    arena = wire.InstreamArena(arena_size)
+    for req in (9, 10):  # the second request reuses the arena from its start
+        data = b"".join(wire.recovery_frames(req, logs, chunk=700))
+        asm = wire.RecoveryAssembler(req, arena)
+        assert [asm.feed(f) for f in roundtrip(data, 900, stream=True)][-1]  # type: ignore[arg-type]
+        got = asm.result()
+        assert got == logs
+        used = 0
+        for lg in got:
+            n = len(lg.instream)
+            fits = n > 0 and used + n <= arena_size
+            assert isinstance(lg.instream, memoryview) == (fits or n >= wire.HUGE_INSTREAM)
+            used += n if fits else 0

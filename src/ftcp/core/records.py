@@ -12,7 +12,13 @@ accept time (unique for the life of an application); the 4-tuple is in its
 from __future__ import annotations
 
 import enum
+import itertools
+import struct
+import sys
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +88,102 @@ class ReadResult:
     length: int = 0
 
 
+READ_ITEM = struct.Struct("!QBI")  # order, kind, length: a RECOVER_READS entry
+_KINDS = tuple(ReadKind)
+
+
+class ReadLog(Sequence[ReadResult]):
+    """One connection's logged read results in order, packed as the wire carries them.
+
+    Recovery moves a connection's reads from the logger's state to the NSW shim's
+    replay script; a small-read connection has one per ~1.4 KB of its instream (700
+    for 1 MB), and an object per read at each step was most of a 1 MB replay's time.
+    This keeps them as 13-byte entries (`!QBI`: order, kind, length) from the
+    logger's answer to the script (`script()`); it reads as a sequence of
+    `ReadResult` for everything else.
+    """
+
+    __slots__ = ("conn_id", "packed", "_n")
+    ITEM = READ_ITEM.size
+
+    def __init__(self, conn_id: int, packed: bytes = b"") -> None:
+        if len(packed) % READ_ITEM.size:
+            raise ValueError(f"{len(packed)} bytes of reads is not a whole number of entries")
+        kinds = packed[8 :: READ_ITEM.size]
+        if kinds and max(kinds) >= len(_KINDS):
+            raise ValueError(f"unknown read kind {max(kinds)}")
+        self.conn_id = conn_id
+        self.packed = bytes(packed)
+        self._n = len(packed) // READ_ITEM.size
+
+    @classmethod
+    def from_results(cls, conn_id: int, reads: Iterable[ReadResult]) -> ReadLog:
+        return cls.from_tuples(conn_id, ((r.order, int(r.kind), r.length) for r in reads))
+
+    @classmethod
+    def from_tuples(cls, conn_id: int, reads: Iterable[tuple[int, int, int]]) -> ReadLog:
+        """From (order, kind, length) tuples, in the order given."""
+        return cls(conn_id, b"".join(itertools.starmap(READ_ITEM.pack, reads)))
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> ReadResult: ...
+    @overload
+    def __getitem__(self, i: slice) -> ReadLog: ...
+    def __getitem__(self, i: int | slice) -> ReadResult | ReadLog:
+        size = READ_ITEM.size
+        if isinstance(i, slice):
+            start, stop, step = i.indices(self._n)
+            if step != 1:
+                picked = [self[j] for j in range(start, stop, step)]
+                return ReadLog.from_results(self.conn_id, picked)
+            return ReadLog(self.conn_id, self.packed[start * size : max(start, stop) * size])
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError("read index out of range")
+        o, k, n = READ_ITEM.unpack_from(self.packed, i * size)
+        return ReadResult(self.conn_id, o, _KINDS[k], n)
+
+    def __iter__(self) -> Iterator[ReadResult]:
+        cid, kinds = self.conn_id, _KINDS
+        for o, k, n in READ_ITEM.iter_unpack(self.packed):
+            yield ReadResult(cid, o, kinds[k], n)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ReadLog):
+            return self.conn_id == other.conn_id and self.packed == other.packed
+        if isinstance(other, Sequence):
+            return len(other) == self._n and list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ReadLog(conn {self.conn_id}, {self._n} reads)"
+
+    def in_order(self) -> bool:
+        """Orders strictly ascending (what the logger sends)."""
+        orders = [o for o, _, _ in READ_ITEM.iter_unpack(self.packed)]
+        return all(a < b for a, b in itertools.pairwise(orders))
+
+    def data_bytes(self) -> int:
+        """Bytes the DATA reads returned."""
+        return sum(n for _, k, n in READ_ITEM.iter_unpack(self.packed) if k == ReadKind.DATA)
+
+    def script(self) -> bytes:
+        """The NSW replay script: (kind, value) as two little-endian u32 per read, in
+        order (`ftcp.nsw.proto` SCRIPT entries)."""
+        out = array("I", bytes(8 * self._n))
+        out[0::2] = array("I", array("B", self.packed[8 :: READ_ITEM.size]))
+        out[1::2] = array("I", [n for _, _, n in READ_ITEM.iter_unpack(self.packed)])
+        if sys.byteorder != "little":
+            out.byteswap()
+        return out.tobytes()
+
+
 @dataclass(frozen=True, slots=True)
 class WriteMark:
     """Outstream progress as NSW saw it: total bytes written and their checksum.
@@ -128,7 +230,7 @@ class ConnectionLog:
     server_seq: int  # highest client ack seen (client view of the outstream)
     instream: bytes  # logged bytes [c_isn + 1, stable_seq), FIN excluded
     client_fin: bool  # a client FIN at stable_seq is logged
-    reads: list[ReadResult] = field(default_factory=list)
+    reads: Sequence[ReadResult] = field(default_factory=list)  # a ReadLog from the logger
     write_mark: WriteMark | None = None
     closes: list[Close] = field(default_factory=list)
     client_window: int = 0

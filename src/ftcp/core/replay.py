@@ -29,6 +29,7 @@ from ftcp.core.records import (
     CloseHow,
     ConnectionLog,
     ReadKind,
+    ReadLog,
     ReadResult,
     SynOptions,
     WriteMark,
@@ -90,7 +91,7 @@ class RecoveryPlan:
     discard: int  # A: output bytes already acknowledged by the client
     fin_acked: bool  # the client already acknowledged our FIN
     instream: bytes  # [c_isn + 1, stable_seq)
-    reads: tuple[ReadResult, ...]
+    reads: ReadLog  # in order
     write_marks: tuple[WriteMark, ...]
     closes: tuple[Close, ...]
     client_window: int  # latest raw window field of the client
@@ -295,8 +296,10 @@ def plan_recovery(
             f"conn {hs.conn_id}: instream has {len(instream)} bytes, stable_seq says "
             f"{seq.sub(log.stable_seq, seq.add(hs.c_isn, 1))}"
         )
-    reads = tuple(sorted(log.reads, key=lambda r: r.order))
-    data_read = sum(r.length for r in reads if r.kind == ReadKind.DATA)
+    reads = log.reads
+    if not isinstance(reads, ReadLog) or not reads.in_order():
+        reads = ReadLog.from_results(hs.conn_id, sorted(reads, key=lambda r: r.order))
+    data_read = reads.data_bytes()
     if data_read > len(instream):
         raise LocalProtocolError(
             f"conn {hs.conn_id}: reads consumed {data_read} bytes, only {len(instream)} logged"

@@ -47,6 +47,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ftcp.core.records import (
+    READ_ITEM,
     Close,
     CloseHow,
     ConnectionLog,
@@ -54,6 +55,7 @@ from ftcp.core.records import (
     Handshake,
     InSegment,
     ReadKind,
+    ReadLog,
     ReadResult,
     Record,
     SynOptions,
@@ -227,7 +229,7 @@ class RecoverConn:
 class RecoverReads:
     req_id: int
     conn_id: int
-    reads: list[ReadResult]
+    reads: Sequence[ReadResult]  # decoded: a ReadLog
 
 
 @dataclass(frozen=True, slots=True)
@@ -693,7 +695,7 @@ def encode_acks_body(acks: Iterable[Ack]) -> bytes:
 
 _RC_HEAD = struct.Struct("!IIIBIBIQQBQQH")
 _RR_HEAD = struct.Struct("!IQ")
-_RR_ITEM = struct.Struct("!QBI")
+_RR_ITEM = READ_ITEM
 _RI_HEAD = struct.Struct("!IQQ")
 _U32 = struct.Struct("!I")
 _U32U32 = struct.Struct("!II")
@@ -737,9 +739,9 @@ def _encode(f: Frame) -> bytes:
         case RecoverConn():
             return frame(FrameType.RECOVER_CONN, _encode_recover_conn(f))
         case RecoverReads(req_id=req, conn_id=conn, reads=reads):
-            p = _RR_ITEM.pack
-            body = _RR_HEAD.pack(req, conn) + b"".join(p(r.order, r.kind, r.length) for r in reads)
-            return frame(FrameType.RECOVER_READS, body)
+            if not isinstance(reads, ReadLog):
+                reads = ReadLog.from_results(conn, reads)
+            return frame(FrameType.RECOVER_READS, _RR_HEAD.pack(req, conn) + reads.packed)
         case RecoverInstream(req_id=req, conn_id=conn, offset=off, data=data):
             return frame(FrameType.RECOVER_INSTREAM, _RI_HEAD.pack(req, conn, off) + data)
         case RecoverEnd(req_id=req, n_conns=n):
@@ -1005,12 +1007,7 @@ def _decode_body(ftype: FrameType, body: bytes) -> Frame:
         rest = len(body) - _RR_HEAD.size
         if rest % _RR_ITEM.size:
             raise RemoteProtocolError("RECOVER_READS body is not a whole number of reads")
-        reads = []
-        for order, kind, length in _RR_ITEM.iter_unpack(body[_RR_HEAD.size :]):
-            if kind >= len(_READ_KINDS):
-                raise RemoteProtocolError(f"unknown read kind {kind}")
-            reads.append(ReadResult(conn, order, _READ_KINDS[kind], length))
-        return RecoverReads(req, conn, reads)
+        return RecoverReads(req, conn, ReadLog(conn, body[_RR_HEAD.size :]))  # checks kinds
     if ftype == T.RECOVER_INSTREAM:
         req, conn, off = _RI_HEAD.unpack_from(body)
         return RecoverInstream(req, conn, off, memoryview(body)[_RI_HEAD.size :])
@@ -1125,11 +1122,40 @@ def _instream_buffer(n: int) -> bytearray | memoryview:
     return memoryview(m)  # bytes-like, compares equal to bytes; keeps the mapping alive
 
 
+class InstreamArena:
+    """Memory touched in advance for the instreams of the next recovery.
+
+    Filling fresh memory costs a page fault per 4 KiB (1 MiB: ~1 ms here, the
+    largest part of fetching a 1 MiB log over loopback); a supervisor keeps one
+    arena, touched when it starts, and each recovery's instreams are carved from
+    it while they fit. A recovery's instreams are valid until the next recovery
+    request `reset`s the arena (a new crash discards the previous plans first).
+    """
+
+    def __init__(self, size: int) -> None:
+        self._buf = bytearray(size)
+        self._buf[:] = b"\xff" * size  # fault every page in now, not during a recovery
+        self._mv = memoryview(self._buf)
+        self._used = 0
+
+    def reset(self) -> None:
+        self._used = 0
+
+    def take(self, n: int) -> memoryview | None:
+        """`n` bytes of the arena (not zeroed: the recovery writes all of them), or None."""
+        if self._used + n > len(self._buf):
+            return None
+        v = self._mv[self._used : self._used + n]
+        self._used += n
+        return v
+
+
 @dataclass(slots=True)
 class _Partial:
     head: RecoverConn
     instream: bytearray | memoryview  # allocated once, at its announced length
-    reads: list[ReadResult] = field(default_factory=list)
+    reads: list[bytes] = field(default_factory=list)  # packed RECOVER_READS pieces
+    n_reads: int = 0
     instream_len: int = 0  # bytes received so far
 
 
@@ -1140,11 +1166,15 @@ class RecoveryAssembler:
     announces (which must agree with its `stable_seq`), and every RECOVER_INSTREAM
     piece is copied straight to its place: no list of pieces, no final join. The
     resulting `ConnectionLog.instream` is that buffer, a bytearray or (large) a memoryview
-    of huge-page memory: bytes-like, never written to afterwards.
+    of huge-page memory: bytes-like, never written to afterwards. With an `arena`,
+    instreams that fit are views of it (valid until the arena's next request).
     """
 
-    def __init__(self, req_id: int) -> None:
+    def __init__(self, req_id: int, arena: InstreamArena | None = None) -> None:
         self.req_id = req_id
+        self._arena = arena
+        if arena is not None:
+            arena.reset()
         self._conns: dict[int, _Partial] = {}
         self._order: list[int] = []
         self.done = False
@@ -1165,7 +1195,9 @@ class RecoveryAssembler:
                     f"recovery of connection {cid} announces {f.instream_len} instream bytes, "
                     f"its stable_seq says {span}"
                 )
-            self._conns[cid] = _Partial(f, _instream_buffer(f.instream_len))
+            n = f.instream_len
+            buf = self._arena.take(n) if self._arena is not None and n else None
+            self._conns[cid] = _Partial(f, _instream_buffer(n) if buf is None else buf)
             self._order.append(cid)
             return False
         if isinstance(f, RecoverEnd):
@@ -1174,7 +1206,7 @@ class RecoveryAssembler:
                     f"recovery ended with {len(self._conns)} connections, announced {f.n_conns}"
                 )
             for p in self._conns.values():
-                if p.instream_len != p.head.instream_len or len(p.reads) != p.head.n_reads:
+                if p.instream_len != p.head.instream_len or p.n_reads != p.head.n_reads:
                     raise RemoteProtocolError(
                         f"incomplete recovery of connection {p.head.handshake.conn_id}"
                     )
@@ -1184,11 +1216,15 @@ class RecoveryAssembler:
         if p is None:
             raise RemoteProtocolError(f"recovery data for unannounced connection {f.conn_id}")
         if isinstance(f, RecoverReads):
-            if len(p.reads) + len(f.reads) > p.head.n_reads:
+            if p.n_reads + len(f.reads) > p.head.n_reads:
                 raise RemoteProtocolError(
                     f"more reads for connection {f.conn_id} than its {p.head.n_reads} announced"
                 )
-            p.reads.extend(f.reads)
+            rl = f.reads
+            if not isinstance(rl, ReadLog):
+                rl = ReadLog.from_results(f.conn_id, rl)
+            p.reads.append(rl.packed)
+            p.n_reads += len(rl)
         else:
             off, n = f.offset, len(f.data)
             if off != p.instream_len:
@@ -1216,7 +1252,7 @@ class RecoveryAssembler:
                     server_seq=h.server_seq,
                     instream=p.instream,  # type: ignore[arg-type]  # bytes-like, not copied
                     client_fin=h.client_fin,
-                    reads=p.reads,
+                    reads=ReadLog(cid, b"".join(p.reads)),
                     write_mark=h.write_mark,
                     closes=list(h.closes),
                     client_window=h.client_window,

@@ -96,6 +96,9 @@ class LoggerClient(asyncio.Protocol):
         self._batch_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._req = itertools.count(1)
         self._recoveries: dict[int, tuple[wire.RecoveryAssembler, asyncio.Future[list]]] = {}
+        # memory touched in advance for recovered instreams (see `wire.InstreamArena`):
+        # set by the supervisor; a recovery's logs are then valid until the next one
+        self.instream_arena: wire.InstreamArena | None = None
         self._deletes: dict[int, asyncio.Future[None]] = {}
         self._pings: dict[int, asyncio.Future[int]] = {}
         self._paused = False
@@ -612,7 +615,7 @@ class LoggerClient(asyncio.Protocol):
         t = self._check()
         req = next(self._req)
         fut: asyncio.Future[list] = asyncio.get_running_loop().create_future()
-        self._recoveries[req] = (wire.RecoveryAssembler(req), fut)
+        self._recoveries[req] = (wire.RecoveryAssembler(req, self.instream_arena), fut)
         t.write(wire.encode(wire.Recover(req)))
         return await fut
 

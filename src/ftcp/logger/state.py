@@ -20,7 +20,7 @@ from ftcp.core.records import (
     ConnectionLog,
     Finished,
     Handshake,
-    ReadResult,
+    ReadLog,
     Record,
     WriteMark,
 )
@@ -30,7 +30,6 @@ _INSEG_UNPACK = wire.INSEG.unpack_from
 _INSEG_LEN = wire.INSEG.size
 _READ_UNPACK = wire.READ.unpack_from
 _READ_LEN = wire.READ.size
-_READ_KINDS = wire.READ_KINDS
 _T_INSEG = wire.TAG_INSEGMENT
 _T_READ = wire.TAG_READ
 
@@ -68,9 +67,7 @@ class ConnState:
         """`live`: the instream is the live buffer, not a copy (`Reassembler.live`: it
         may grow after this; its first `stable_seq - c_isn - 1` bytes are the log)."""
         r = self.reasm
-        cid = self.handshake.conn_id
-        kinds = _READ_KINDS
-        reads = [ReadResult(cid, o, kinds[k], n) for o, k, n in sorted(self.reads)]
+        reads = ReadLog.from_tuples(self.handshake.conn_id, sorted(self.reads))
         return ConnectionLog(
             handshake=self.handshake,
             stable_seq=r.stable_seq,

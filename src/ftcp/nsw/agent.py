@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftcp.core.records import ReadLog
 from ftcp.errors import RemoteProtocolError
 from ftcp.nsw import proto
 from ftcp.nsw.proto import How, Kind, MarkReason, MismatchCode, Mode
@@ -103,7 +104,8 @@ class Normal:
 class Replay:
     """Recovery: reproduce ``reads`` exactly, swallow the first ``discard`` output bytes."""
 
-    reads: Sequence[tuple[Kind, int]]  # (kind, length-or-errno) in logged order
+    # (kind, length-or-errno) in logged order, or the logged reads themselves
+    reads: Sequence[tuple[Kind, int]] | ReadLog
     discard: int  # A = server_seq - (s_isn + 1)
     conn_id: int | None = None
 
@@ -646,9 +648,13 @@ class Agent:
             self.conns[cid] = conn
             s.holds.add(cid)
             if isinstance(decision, Replay):
-                entries = [(int(k), int(v)) for k, v in decision.reads]
-                self._send(s, proto.accept_reply(cid, Mode.REPLAY, len(entries), decision.discard))
-                for p in proto.script_packets(entries):
+                reads = decision.reads
+                if isinstance(reads, ReadLog):  # recovery: packed as the logger sent them
+                    packets = proto.script_packets_packed(reads.script())
+                else:
+                    packets = proto.script_packets([(int(k), int(v)) for k, v in reads])
+                self._send(s, proto.accept_reply(cid, Mode.REPLAY, len(reads), decision.discard))
+                for p in packets:
                     self._send(s, p)
             else:
                 self._send(s, proto.accept_reply(cid, Mode.NORMAL))

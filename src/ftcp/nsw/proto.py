@@ -20,7 +20,9 @@ Shim -> agent (``F_REPLAYED`` = 1 is the only flag)::
               u32 wcrc, u32 pad                                              48 B
               one per read-family result; pipelined (no reply). Live reads
               carry seq = 1, 2, ... per session (the output-commit counter);
-              replayed reads carry F_REPLAYED and seq = script index.
+              replayed reads carry F_REPLAYED and seq = script index; one is
+              sent only when the output moved since the last one sent (what
+              the agent checks is the output so far).
               value = length (DATA) or errno (ERROR). wtotal/wcrc = the
               connection's output so far (bytes written, CRC-32C).
     WRITEMARK u64 conn_id, u64 total, u32 crc, u32 reason                    32 B
@@ -317,11 +319,17 @@ def accept_reply(conn_id: int, mode: Mode, n_reads: int = 0, discard: int = 0) -
 
 def script_packets(entries: list[tuple[int, int]]) -> list[bytes]:
     """The SCRIPT packets carrying `entries` ((kind, value) pairs)."""
+    return script_packets_packed(b"".join(ENTRY.pack(k, v) for k, v in entries))
+
+
+def script_packets_packed(script: bytes) -> list[bytes]:
+    """The SCRIPT packets carrying `script`: entries already packed as `ENTRY`s
+    (`ftcp.core.records.ReadLog.script`)."""
+    step = SCRIPT_CHUNK * ENTRY.size
     out = []
-    for i in range(0, len(entries), SCRIPT_CHUNK):
-        chunk = entries[i : i + SCRIPT_CHUNK]
-        body = b"".join(ENTRY.pack(k, v) for k, v in chunk)
-        out.append(HDR.pack(Msg.SCRIPT, 0, 0) + SCRIPT.pack(len(chunk), 0) + body)
+    for i in range(0, len(script), step):
+        chunk = script[i : i + step]
+        out.append(HDR.pack(Msg.SCRIPT, 0, 0) + SCRIPT.pack(len(chunk) // ENTRY.size, 0) + chunk)
     return out
 
 
