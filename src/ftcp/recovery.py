@@ -59,9 +59,10 @@ from typing import Any
 
 from ftcp import sockdiag
 from ftcp.core.conn import State
-from ftcp.core.events import Finish, ProcessDied, Rebuild, Repaired, ReplayDone
+from ftcp.core.events import Finish, InstreamArrived, ProcessDied, Rebuild, Repaired, ReplayDone
 from ftcp.core.packet import ACK, RST, build_tcp
-from ftcp.core.replay import RecoveryPlan, plan_recovery, recovery_order
+from ftcp.core.records import Arrival, ConnectionLog
+from ftcp.core.replay import RecoveryPlan, plan_recovery
 from ftcp.nsw.agent import AcceptInfo, Agent, Decision, Replay, SessionInfo, process_alive
 from ftcp.nsw.proto import How, Kind, MarkReason, MismatchCode
 from ftcp.ssw.engine import AgentBridge, Conn, Engine
@@ -111,8 +112,9 @@ class Timing:
     died: float
     detected: float = 0.0
     synced: float = 0.0  # every record sent before the crash is acknowledged
-    fetched: float = 0.0  # the logs are back from the logger
-    planned: float = 0.0
+    fetched: float = 0.0  # the logs are back from the logger (all of the answer)
+    planned: float = 0.0  # every crashed connection is planned (its instream may follow)
+    plan_s: float = 0.0  # time spent planning
     spawned: float = 0.0
     listening: float = 0.0
     rebuilt: dict[int, float] = field(default_factory=dict)  # conn id -> kernel conn rebuilt
@@ -126,20 +128,26 @@ class Timing:
     def as_dict(self) -> dict[str, Any]:
         last = max(self.rebuilt.values(), default=None)
         restart = replay = None
+        fetched = self.fetched or None
         if last is not None:
             # death -> rebuilt kernel connection, minus the application's own start-up and
             # the log transfer (that is replay's, as in the paper's Table V; the transfer
-            # now runs during the start-up, so restart + start-up + replay > total)
-            fetch = self.fetched - self.synced
+            # runs during the start-up, so restart + start-up + replay > total)
             restart = (
-                (self.planned - self.died) - fetch + (last - max(self.listening, self.planned))
+                (self.synced - self.died) + self.plan_s + (last - max(self.listening, self.planned))
             )
-            if self.replayed:
-                replay = fetch + max(self.replayed.values()) - last
+            if self.replayed and fetched is not None:
+                # the whole transfer, and what the refill and the replayed reads still
+                # took once both it had ended and the connection was rebuilt (the
+                # instream streams into the rebuild: a large log's transfer and refill
+                # overlap, and the time they overlap is counted once)
+                replay = (fetched - self.synced) + max(
+                    0.0, max(self.replayed.values()) - max(last, fetched)
+                )
         return {
             "detect_s": self.detected - self.died,
             "sync_s": self.synced - self.died,
-            "fetch_s": self.fetched - self.synced,
+            "fetch_s": None if fetched is None else fetched - self.synced,
             # the log transfer overlaps the application's start-up: how long the rebuild
             # still waited for it once the application listened (0: hidden entirely)
             "fetch_wait_s": max(0.0, self.planned - self.listening) if self.listening else None,
@@ -153,6 +161,47 @@ class Timing:
             "repaired": self.repaired,
             "queued_bytes": self.queued_bytes,
         }
+
+
+class _LogFetch:
+    """One streamed RECOVER: each crashed connection is planned as its head and reads
+    arrive; `ready` once all of them are. Once the plans are `published` (the rebuild
+    uses them), each new piece of a connection's instream pokes its refill."""
+
+    def __init__(self, rec: Recovery, want: dict[int, Conn], t: Timing) -> None:
+        self.rec = rec
+        self.want = want
+        self.t = t
+        self.plans: dict[int, RecoveryPlan] = {}
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.task: asyncio.Future[Any] | None = None
+        self.published = False
+
+    def on_head(self, lg: ConnectionLog, arrival: Arrival) -> None:
+        cid = lg.handshake.conn_id
+        c = self.want.get(cid)
+        if c is None or cid in self.plans or self.ready.done():
+            return
+        now = self.rec._now()  # noqa: SLF001
+        try:
+            plan = plan_recovery(lg, **c.core.recovery_hints(now), arrival=arrival)  # type: ignore[arg-type]
+        except Exception as e:  # noqa: BLE001 - reported by the planning's await
+            self.ready.set_exception(e)
+            return
+        self.t.plan_s += self.rec._now() - now  # noqa: SLF001
+        self.t.logged_bytes += len(plan.instream)
+        self.plans[cid] = plan
+        if len(self.plans) == len(self.want):
+            self.ready.set_result(None)
+
+    def on_data(self, cid: int) -> None:
+        if not self.published:
+            return
+        eng = self.rec.engine
+        c = eng.by_id.get(cid)
+        plan = self.plans.get(cid)
+        if c is not None and plan is not None and c.core.plan is plan and c.core.refilling:
+            eng.feed(c, InstreamArrived(self.rec._now()))  # noqa: SLF001
 
 
 @dataclass(slots=True)
@@ -199,6 +248,7 @@ class Recovery:
         self.pid: int | None = None
         self._started_at = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._fetching: asyncio.Future[None] | None = None  # the rest of the log transfer
         # divergence: conn id -> {output bytes written: their CRC-32C}, before the crash
         self._marks: dict[int, dict[int, int]] = {}
         self._diverged: set[int] = set()  # conns reported in this incarnation
@@ -233,9 +283,10 @@ class Recovery:
 
     def close(self) -> None:
         """Stop any rebuild under way (the run is ending)."""
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        for task in (self._task, self._fetching):
+            if task is not None:
+                task.cancel()
+        self._task = self._fetching = None
 
     def _app_alive(self) -> bool:
         return self.pid is not None and process_alive(self.pid)
@@ -256,11 +307,12 @@ class Recovery:
         eng = self.engine
         if eng.syn_gate is None:
             eng.syn_gate = []
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        for task in (self._task, self._fetching):  # the previous attempt's
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._task = self._fetching = None
         for c in list(eng.conns.values()):
             c.accepted = False
             if c.finished_at is None and c.core.state is not State.CLOSED:
@@ -324,26 +376,65 @@ class Recovery:
         return True
 
     async def _plan(self, crashed: list[Conn], t: Timing) -> None:
+        """Sync with the logger, then ask for the logs: returns once every crashed
+        connection is planned. The logger sends every head before any instream, so
+        that is early; the instreams go on arriving into the plans' buffers (the
+        refill takes what is there, `InstreamArrived` says when there is more) while
+        `self._fetching` waits for the end of the answer."""
         eng, client = self.engine, self.client
         eng._send_logs()  # noqa: SLF001 - the records the crash produced
         await self._from_logger(lambda: client.wait_batch(client.batch))
         t.synced = self._now()
         want = {c.core.conn_id: c for c in crashed}
-        logs = await self._from_logger(client.recover)
-        now = t.fetched = self._now()
-        plans: dict[int, RecoveryPlan] = {}
-        for lg in recovery_order([lg for lg in logs if lg.handshake.conn_id in want]):
-            c = want[lg.handshake.conn_id]
-            plan = plan_recovery(lg, **c.core.recovery_hints(now))  # type: ignore[arg-type]
-            plans[plan.conn_id] = plan
-            t.logged_bytes += len(plan.instream)
-        missing = set(want) - set(plans)
+        box: list[_LogFetch] = []
+
+        async def attempt() -> None:
+            f = _LogFetch(self, want, t)
+            box[:] = [f]
+            f.task = asyncio.ensure_future(client.recover_streaming(f.on_head, f.on_data))
+            try:
+                await asyncio.wait({f.task, f.ready}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                f.task.cancel()
+                raise
+            if f.ready.done():
+                f.ready.result()  # a log that cannot be planned raises here
+            else:
+                f.task.result()  # the link broke (the answer is complete otherwise)
+
+        await self._from_logger(attempt)
+        f = box[0]
+        f.published = True
+        plans = dict(sorted(f.plans.items(), key=lambda kv: kv[1].accept_order))
+        self._fetching = asyncio.ensure_future(self._fetch_rest(f, t))
+        missing = set(want) - set(plans)  # the answer ended without them
         for cid in missing:  # nothing logged: cannot be rebuilt (cannot happen after ESTABLISHED)
             log.error("recovery: conn %d has no log; resetting it", cid)
             self._reset_client(want[cid])
         self.plans = plans
         self._diverged = set()
         t.planned = self._now()
+
+    async def _fetch_rest(self, f: _LogFetch, t: Timing) -> None:
+        """The rest of a streamed answer (after every crashed connection was planned)."""
+        try:
+            await f.task
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            # the plans' instreams will never be complete: start the recovery again
+            # (from the log, once the logger is back), as after a death during recovery
+            print(
+                f"ftcp run: the log transfer broke off during recovery ({e}); "
+                "restarting the application to recover again",
+                file=sys.stderr,
+                flush=True,
+            )
+            if self.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, 9)
+            return
+        t.fetched = self._now()
 
     # -- logger link (supervisor owner): a recovery waits for a lost logger -------------
     waiting_for_logger = False
@@ -409,6 +500,11 @@ class Recovery:
             t.done = self._now()
             self.recoveries += 1
             eng.release_syns()
+            if self._fetching is not None and not self._fetching.done():
+                # every instream was read back, so the answer's end is at most a frame
+                # away; the timings need it
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(self._fetching), 5)
             last = t.as_dict()
             timing_file = os.environ.get("FTCP_RECOVERY_TIMING")  # `ftcp bench recovery`
             if timing_file:

@@ -134,7 +134,7 @@ def _repair(s: socket.socket, spec: RepairSpec) -> RepairResult:
         rcv_nxt = seq.add(spec.rcv_seq, queued)
         step = "window"
         _, _, max_window, rcv_wnd, _ = _WINDOW.unpack(s.getsockopt(tcp, TCP_REPAIR_WINDOW, 20))
-        if queued < len(spec.instream):
+        if queued < len(spec.instream) or spec.partial:
             # the receive queue is full (the kernel caps it, ~32 MB here): the rest of the
             # log is refilled by SSW into the window, and the window is what the queue
             # can still take, so the refill goes as fast as the application's reads make

@@ -76,3 +76,71 @@ def test_log_larger_than_the_receive_queue_replays_byte_exact(
     if restore == "repair":
         assert t["repaired"] == 1, err
         assert 0 < t["queued_bytes"] < t["logged_bytes"], t  # the rest came by refill
+
+
+@pytest.mark.parametrize("restore", ["repair", "handshake"])
+def test_log_transfer_cut_mid_way_recovers_again(
+    unshaped: Env, restore: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The logs stream into the rebuild: the restarted server is already reading the
+    first megabytes when the logger dies mid-transfer. Those plans can never be
+    completed, so `ftcp run` restarts the application and recovers again from the log
+    once a logger is back; the client sees nothing but a longer stall."""
+    from ftcp.logger.daemon import TEST_RECOVER_DELAY_ENV
+
+    lab = unshaped.lab
+    port = unshaped.next_port()
+    nbytes = 24 << 20
+    data_dir = unshaped.tmp / "logger-data"
+    cmd = [sys.executable, BIGAPPS, "serve", str(port), str(nbytes)]
+    with Protected(unshaped, port, cmd, extra=["--restore", restore]) as srv:
+        cl = lab.popen(
+            "client",
+            [sys.executable, BIGAPPS, "client", lab.ip("server"), str(port), str(nbytes)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert cl.stdout is not None and cl.stdin is not None
+            assert "loaded" in cl.stdout.readline(), srv.err()
+            time.sleep(0.3)  # the last read results reach the logger
+            # a logger (same data dir) that sends each megabyte of a log 50 ms apart
+            _kill9(unshaped.logger)
+            monkeypatch.setenv(TEST_RECOVER_DELAY_ENV, "50")
+            unshaped.logger = _logger_on(unshaped, data_dir)
+            monkeypatch.delenv(TEST_RECOVER_DELAY_ENV)
+            wait_until(lambda: "is back" in srv.err(), 20, f"the logger link\n{srv.err()}")
+            kill_app(srv)
+            wait_until(lambda: "recovering 1 connection" in srv.err(), 10, "the crash")
+            time.sleep(0.4)  # the transfer (24 x 50 ms) is under way
+            _kill9(unshaped.logger)
+            wait_until(
+                lambda: "log transfer broke off" in srv.err(), 20, f"the cut\n{srv.err()}"
+            )
+            unshaped.logger = _logger_on(unshaped, data_dir)
+            cl.stdin.write("go\n")
+            cl.stdin.flush()
+            line = cl.stdout.readline()
+            assert json.loads(line)["ok"], f"{line!r} {srv.err()[-3000:]}"
+            wait_until(lambda: recovered_count(srv) >= 1, 30, f"recovery\n{srv.err()}")
+        finally:
+            if cl.poll() is None:
+                cl.kill()
+            cl.wait()
+    err = srv.err()
+    assert "Traceback" not in err and "DIVERGENCE" not in err, err
+    assert err.count("the application died from signal") >= 2, err  # recovered again
+
+
+def _kill9(p: subprocess.Popen[bytes]) -> None:
+    if p.poll() is None:
+        p.kill()
+    p.wait(10)
+
+
+def _logger_on(env: Env, data_dir: Path) -> subprocess.Popen[bytes]:
+    from ithelpers import LOGGER_PORT
+
+    from ftcp.lab.services import start_logger
+
+    log = env.tmp / f"logger-{time.monotonic_ns()}.err"
+    return start_logger(env.lab, "logger", env.lab.ip("logger"), LOGGER_PORT, data_dir, log=log)

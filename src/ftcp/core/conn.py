@@ -52,6 +52,7 @@ from ftcp.core.events import (
     Finish,
     Hold,
     Input,
+    InstreamArrived,
     Log,
     LoggerAck,
     OutSegment,
@@ -528,6 +529,9 @@ class Connection:
                 self._on_rebuild(ev)
             case Repaired():
                 self._on_repaired(ev)
+            case InstreamArrived():
+                if self.refilling and self.state in _LIVE:
+                    self._refill(ev.now)
             case ReplayDone():
                 self._set_state(self._next(T.REPLAY_DONE, ev))
             case Finish():
@@ -1197,7 +1201,10 @@ class Connection:
         return RepairSpec(
             conn_id=self.conn_id,
             rcv_seq=seq.add(self.c_isn, 1),
-            instream=plan.instream,
+            instream=plan.instream
+            if plan.instream_complete
+            else memoryview(plan.instream)[: plan.instream_ready],
+            partial=not plan.instream_complete,
             snd_seq=seq.add(self.s_isn, 1 + plan.discard),
             mss=self.client_opts.mss or DEFAULT_MSS,
             snd_wscale=self.c_wscale,

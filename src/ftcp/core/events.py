@@ -191,6 +191,14 @@ class Repaired:
 
 
 @dataclass(frozen=True, slots=True)
+class InstreamArrived:
+    """More of the logged instream arrived from the logger (the plan's `arrival`
+    grew): refill what the window allows."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
 class ReplayDone:
     """NSW replayed the last logged read result: the connection is live again."""
 
@@ -216,6 +224,7 @@ Input = (
     | ProcessDied
     | Rebuild
     | Repaired
+    | InstreamArrived
     | ReplayDone
     | Finish
 )

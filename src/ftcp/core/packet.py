@@ -237,13 +237,16 @@ class BlockSums:
     def blocks(self) -> int:
         return self._n // self.BLOCK
 
-    def precompute(self, max_blocks: int | None = None) -> bool:
-        """Sum up to `max_blocks` more whole blocks (None: all); True when all are done."""
-        todo = self.blocks - self.blocks_done
+    def precompute(self, max_blocks: int | None = None, upto: int | None = None) -> bool:
+        """Sum up to `max_blocks` more whole blocks (None: all), only of the first `upto`
+        bytes (None: the whole buffer; the rest is still being written); True when every
+        block of those is done."""
+        last = self.blocks if upto is None else min(self.blocks, upto // self.BLOCK)
+        todo = max(0, last - self.blocks_done)
         if max_blocks is not None:
             todo = min(todo, max_blocks)
         self._extend(self.blocks_done + todo)
-        return self.blocks_done >= self.blocks
+        return self.blocks_done >= last
 
     def _extend(self, k: int) -> None:
         pref, mv, bs, h = self._pref, self._mv, self.BLOCK, _CHUNK

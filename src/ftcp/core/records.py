@@ -221,6 +221,28 @@ class Finished:
 Record = Handshake | InSegment | ReadResult | WriteMark | Close | Finished
 
 
+class Arrival:
+    """How much of a connection's logged instream has arrived so far.
+
+    Recovery streams the logger's answer into the rebuild: a connection is planned
+    once its head and reads are in, and its instream buffer (allocated at its full
+    length) fills while the rebuild already runs; what reads it (refill, TCP_REPAIR
+    queue, checksum sums) stops at `received`."""
+
+    __slots__ = ("received", "total")
+
+    def __init__(self, total: int, received: int = 0) -> None:
+        self.total = total
+        self.received = received
+
+    @property
+    def complete(self) -> bool:
+        return self.received >= self.total
+
+    def __repr__(self) -> str:
+        return f"Arrival({self.received}/{self.total})"
+
+
 @dataclass(slots=True)
 class ConnectionLog:
     """Everything logged about one connection, as recovery receives it."""

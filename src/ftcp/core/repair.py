@@ -25,7 +25,9 @@ class RepairSpec:
       `rcv_wscale` (ours as the client knows it), SACK and timestamps where negotiated;
     * `ts_val`: the TSval clock (TCP_TIMESTAMP) at the floor the client's PAWS needs;
     * window: the client's window `snd_wnd`, and at least `rcv_edge - rcv_nxt` of
-      receive window (the right edge the client was last advertised; None: unknown).
+      receive window (the right edge the client was last advertised; None: unknown);
+      when not all of the log is queued (it did not fit, or is `partial`: still
+      arriving from the logger), what the receive queue can still take.
     """
 
     conn_id: int
@@ -40,3 +42,5 @@ class RepairSpec:
     ts_val: int | None
     snd_wnd: int
     rcv_edge: int | None
+    # `instream` is the part of the log that has arrived; the rest follows by refill
+    partial: bool = False

@@ -25,6 +25,7 @@ from ftcp.core import seq
 from ftcp.core.events import ACK, FIN, PSH, SYN, OutSegment
 from ftcp.core.packet import BlockSums
 from ftcp.core.records import (
+    Arrival,
     Close,
     CloseHow,
     ConnectionLog,
@@ -97,6 +98,8 @@ class RecoveryPlan:
     client_window: int  # latest raw window field of the client
     client_ts_val: int | None  # latest client TSval logged
     ts_floor: int | None  # lowest TSval the client may see next (None: unknown)
+    # the instream still arriving from the logger (None: all of it is here)
+    arrival: Arrival | None = field(default=None, compare=False)
     # checksum block sums of `instream` (`presum` while the application starts):
     # refill payloads carry their sum, so building a segment folds its headers only
     sums: BlockSums = field(init=False, repr=False, compare=False)
@@ -105,8 +108,19 @@ class RecoveryPlan:
         object.__setattr__(self, "sums", BlockSums(self.instream))
 
     def presum(self, max_blocks: int | None = None) -> bool:
-        """Sum up to `max_blocks` more blocks of the instream; True when all are."""
-        return self.sums.precompute(max_blocks)
+        """Sum up to `max_blocks` more blocks of the instream that has arrived; True when
+        all of those are."""
+        return self.sums.precompute(max_blocks, self.instream_ready)
+
+    @property
+    def instream_ready(self) -> int:
+        """Instream bytes here (the whole log unless it is still arriving)."""
+        n = len(self.instream)
+        return n if self.arrival is None else min(n, self.arrival.received)
+
+    @property
+    def instream_complete(self) -> bool:
+        return self.instream_ready >= len(self.instream)
 
     # ---------------------------------------------------------------- negotiated
 
@@ -209,10 +223,13 @@ class RecoveryPlan:
     # ------------------------------------------------------------------- refill
 
     def instream_chunks(self, start: int, limit: int, mss: int) -> Iterator[tuple[int, bytes]]:
-        """Logged instream bytes in `[start, min(limit, stable_seq))`, in `mss` pieces."""
+        """Logged instream bytes in `[start, min(limit, stable_seq))`, in `mss` pieces
+        (only what has arrived: see `arrival`)."""
         base = seq.add(self.c_isn, 1)
         start = seq.max_(start, base)
         end = seq.min_(limit, self.stable_seq)
+        if self.arrival is not None:
+            end = seq.min_(end, seq.add(base, self.instream_ready))
         while seq.lt(start, end):
             n = min(mss, seq.sub(end, start))
             off = seq.sub(start, base)
@@ -262,8 +279,12 @@ def plan_recovery(
     last_ts_out: int | None = None,
     ts_elapsed: float = 0.0,
     write_marks: Sequence[WriteMark] = (),
+    arrival: Arrival | None = None,
 ) -> RecoveryPlan:
     """Plan one connection's recovery from its log.
+
+    `arrival`: the log's instream is still arriving (its buffer has its full length;
+    see `Arrival`).
 
     `server_seq_hint`: a client ack the surviving SSW saw (may be newer than the
     logged one; the client has those bytes, so they are safe to discard).
@@ -326,6 +347,7 @@ def plan_recovery(
         client_window=log.client_window,
         client_ts_val=log.client_ts_val,
         ts_floor=floor,
+        arrival=arrival,
     )
 
 

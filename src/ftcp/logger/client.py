@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
 from ftcp.core import seq, wire
-from ftcp.core.records import ConnectionLog, Finished, ReadResult, Record
+from ftcp.core.records import Arrival, ConnectionLog, Finished, ReadResult, Record
 from ftcp.errors import RemoteProtocolError
 
 MAX_BODY = 4 << 20  # records per frame are split to stay under this
@@ -611,11 +611,30 @@ class LoggerClient(asyncio.Protocol):
                 if self.closed is not None:
                     raise
 
-    async def _recover_once(self) -> list[ConnectionLog]:
+    async def recover_streaming(
+        self,
+        on_head: Callable[[ConnectionLog, Arrival], None],
+        on_data: Callable[[int], None] | None = None,
+    ) -> list[ConnectionLog]:
+        """`recover()` in one attempt, streamed: `on_head(log, arrival)` as each
+        connection's head and reads arrive, its instream still filling (see
+        `wire.RecoveryAssembler`); the whole logs when the answer is complete. A
+        broken link raises `LoggerError`: the caller decides what it can keep."""
+        return await self._recover_once(on_head, on_data)
+
+    async def _recover_once(
+        self,
+        on_head: Callable[[ConnectionLog, Arrival], None] | None = None,
+        on_data: Callable[[int], None] | None = None,
+    ) -> list[ConnectionLog]:
         t = self._check()
         req = next(self._req)
         fut: asyncio.Future[list] = asyncio.get_running_loop().create_future()
-        self._recoveries[req] = (wire.RecoveryAssembler(req, self.instream_arena), fut)
+        # an earlier answer still streaming (its caller gave up waiting) writes into
+        # the arena: this one does not share it
+        arena = None if self._recoveries else self.instream_arena
+        asm = wire.RecoveryAssembler(req, arena, on_head, on_data)
+        self._recoveries[req] = (asm, fut)
         t.write(wire.encode(wire.Recover(req)))
         return await fut
 

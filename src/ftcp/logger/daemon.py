@@ -80,6 +80,8 @@ def set_nagle(transport: asyncio.BaseTransport, on: bool) -> None:
 # views of live buffers; later versions keep the views themselves
 _WRITE_COPIES = sys.version_info < (3, 12)
 RECOVER_CHUNK = 1 << 20  # instream bytes per RECOVER_INSTREAM frame
+# tests: a pause after each RECOVER_INSTREAM frame (a log transfer slow enough to cut)
+TEST_RECOVER_DELAY_ENV = "FTCP_LOGGER_TEST_RECOVER_DELAY_MS"
 RECOVER_SNDBUF = 4 << 20  # send buffer asked for a large recovery answer (capped by wmem_max)
 
 
@@ -473,11 +475,15 @@ class Peer(asyncio.Protocol):
             sizes = [len(lg.instream) for lg in logs]
             self._grow_sndbuf(sum(sizes))
             n_bytes = 0
+            # every connection's head and reads first: the supervisor plans and starts
+            # rebuilding each one while the instreams follow
             for lg, size in zip(logs, sizes, strict=True):
-                cid = lg.handshake.conn_id
                 for fr in wire.recovery_conn_frames(req_id, lg, size):
                     self._send_raw(fr)
                     n_bytes += len(fr)
+            pause = float(os.environ.get(TEST_RECOVER_DELAY_ENV) or 0) / 1000
+            for lg, size in zip(logs, sizes, strict=True):
+                cid = lg.handshake.conn_id
                 for off in range(0, size, RECOVER_CHUNK):
                     k = min(RECOVER_CHUNK, size - off)
                     self._send_raw(wire.recovery_instream_head(req_id, cid, off, k))
@@ -485,6 +491,8 @@ class Peer(asyncio.Protocol):
                         self._send_raw(piece if _WRITE_COPIES else bytes(piece))
                     n_bytes += k
                     await self._drain()
+                    if pause:
+                        await asyncio.sleep(pause)
             self._send_raw(wire.encode(wire.RecoverEnd(req_id, len(logs))))
             log.info(
                 "recovery for %r sent to %s: %d connection(s), %d bytes",
