@@ -124,6 +124,7 @@ class Timing:
     restore: str = "handshake"
     repaired: int = 0  # connections rebuilt with TCP_REPAIR
     queued_bytes: int = 0  # logged instream put straight into their receive queues
+    fill_s: float = 0.0  # time spent putting it there (replay's, not restart's)
 
     def as_dict(self) -> dict[str, Any]:
         last = max(self.rebuilt.values(), default=None)
@@ -133,16 +134,17 @@ class Timing:
             # death -> rebuilt kernel connection, minus the application's own start-up and
             # the log transfer (that is replay's, as in the paper's Table V; the transfer
             # runs during the start-up, so restart + start-up + replay > total)
-            restart = (
-                (self.synced - self.died) + self.plan_s + (last - max(self.listening, self.planned))
-            )
+            rebuild = last - max(self.listening, self.planned)
+            restart = (self.synced - self.died) + self.plan_s + rebuild - self.fill_s
             if self.replayed and fetched is not None:
-                # the whole transfer, and what the refill and the replayed reads still
-                # took once both it had ended and the connection was rebuilt (the
-                # instream streams into the rebuild: a large log's transfer and refill
-                # overlap, and the time they overlap is counted once)
-                replay = (fetched - self.synced) + max(
-                    0.0, max(self.replayed.values()) - max(last, fetched)
+                # the whole transfer, and what the refill (TCP_REPAIR's queue fill
+                # included) and the replayed reads still took once the transfer had
+                # ended (the instream streams into the rebuild: a large log's transfer
+                # and refill overlap, and the time they overlap is counted once)
+                replay = (
+                    (fetched - self.synced)
+                    + max(0.0, min(self.fill_s, last - fetched))
+                    + max(0.0, max(self.replayed.values()) - max(last, fetched))
                 )
         return {
             "detect_s": self.detected - self.died,
@@ -529,6 +531,9 @@ class Recovery:
         (handshake restore: TCP_REPAIR queues the instream without segments)."""
         if self.restore == "repair":
             return
+        if self._fetching is not None:  # not while the log is coming in (same loop)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._fetching)
         for plan in list(self.plans.values()):
             while not plan.presum(PRESUM_STEP):
                 await asyncio.sleep(0)
@@ -568,6 +573,7 @@ class Recovery:
             if self.timings:
                 self.timings[-1].repaired += 1
                 self.timings[-1].queued_bytes += res.queued
+                self.timings[-1].fill_s += res.fill_s
         if self.timings:
             self.timings[-1].rebuilt[core.conn_id] = self._now()
         return True

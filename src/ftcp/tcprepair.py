@@ -25,6 +25,7 @@ import errno
 import os
 import socket
 import struct
+import time
 from dataclasses import dataclass
 
 from ftcp.core import seq
@@ -63,6 +64,7 @@ class RepairResult:
     rcv_nxt: int  # end of the receive queue (instream bytes queued)
     rcv_wnd: int  # receive window from rcv_nxt
     queued: int  # instream bytes put in the receive queue
+    fill_s: float = 0.0  # time spent queueing them (replay's work, not the rebuild's)
 
 
 _libc: ctypes.CDLL | None = None
@@ -130,7 +132,9 @@ def _repair(s: socket.socket, spec: RepairSpec) -> RepairResult:
             step = "timestamp"
             s.setsockopt(tcp, TCP_TIMESTAMP, _U32.pack(spec.ts_val))
         step = "receive queue"
+        t0 = time.perf_counter()
         queued = _fill(s, spec.instream)
+        fill_s = time.perf_counter() - t0
         rcv_nxt = seq.add(spec.rcv_seq, queued)
         step = "window"
         _, _, max_window, rcv_wnd, _ = _WINDOW.unpack(s.getsockopt(tcp, TCP_REPAIR_WINDOW, 20))
@@ -158,7 +162,7 @@ def _repair(s: socket.socket, spec: RepairSpec) -> RepairResult:
                 s.setsockopt(tcp, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse)
         raise RepairError(step, e.errno or errno.EIO, touched) from e
-    return RepairResult(rcv_nxt, rcv_wnd, queued)
+    return RepairResult(rcv_nxt, rcv_wnd, queued, fill_s)
 
 
 SO_MEMINFO = 55

@@ -161,3 +161,19 @@ def test_assembler_calls_on_head_before_any_instream() -> None:
     assert got1 == sorted(got1) and got1[-1] == 300_000
     assert arrivals[1].complete and arrivals[3].complete and arrivals[2].complete
     assert asm.result() == logs
+
+
+def test_refill_echoes_the_rebuilt_kernels_latest_tsval() -> None:
+    """The kernel measures its receive RTT from the TSecr of what it receives; echoing
+    the SYN-ACK's TSval for the whole refill froze that estimate (and with it the
+    receive buffer's growth)."""
+    c = crashed()
+    plan, buf, arrival = _streaming_plan(c, 3)
+    c.handle(Rebuild(2.0, plan))
+    acts = c.handle(sseg(500, 1001, SYN | ACK, window=100, syn_opts=S_OPTS, now=2.1))
+    first = [a.segment for a in of(acts, Fabricate) if a.segment.payload]
+    assert first[0].ts_ecr == S_OPTS.ts_val  # nothing newer known yet
+    c.handle(sseg(501, 1004, ACK, window=100, now=2.2, ts_val=S_OPTS.ts_val + 40))
+    _arrive(buf, arrival, 11)
+    segs = [a.segment for a in of(c.handle(InstreamArrived(2.3)), Fabricate)]
+    assert segs and all(s.ts_ecr == S_OPTS.ts_val + 40 for s in segs)

@@ -1038,13 +1038,15 @@ recovers it; the figures are the supervisor's own timestamps. {runs} runs per ce
   detection, waiting for the logger to acknowledge what was sent before the crash,
   planning, and the rebuild once the restarted application listens. It excludes the
   application's own start-up (spawn → listening: a Python interpreter here,
-  "app start-up" below) and the log transfer (counted in replay), as the paper's
-  restart excludes the server's start-up.
+  "app start-up" below), the log transfer and `repair`'s filling of the receive
+  queue (both counted in replay), as the paper's restart excludes the server's
+  start-up.
 * **Replay**: fetching the connection's logs from the logger (the "log fetch" column;
   over the 10 Mbit/s link in `10-10`, a loopback connection for Local) + refilling the
   logged instream into the new connection (SSW-injected client segments; `repair`
   puts it straight into the receive queue) + serving every logged read result
-  through NSW until the last one is replayed.
+  through NSW until the last one is replayed. The instream streams into the rebuild
+  as it arrives: where the transfer and the refill overlap, the time is counted once.
 * **Average read time** = replay / reads, reads = read calls of the restarted
   application served from the log (our server reads with 64 KB `recv`s; the paper's
   numbers imply ~1,400 reads for 1 MB). The paper's "reads/run" is its replay time /

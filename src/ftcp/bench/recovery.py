@@ -10,9 +10,12 @@ the kill to the answer. `ftcp run` reports its own split (environment
 `FTCP_RECOVERY_TIMING`):
 
 * restart: death → rebuilt kernel connection, without the application's own
-  start-up and without the log transfer (as the paper's "restart");
-* replay: log transfer from the logger + refill of the instream + replay of
-  the reads, until the application is live again.
+  start-up, the log transfer and TCP_REPAIR's queue fill (as the paper's
+  "restart");
+* replay: log transfer from the logger + refill of the instream (the queue fill
+  included) + replay of the reads, until the application is live again; the
+  instream streams into the rebuild, so a large log's transfer and refill
+  overlap (counted once).
 
     python -m ftcp.bench.recovery serve PORT NBYTES       (the server)
     python -m ftcp.bench.recovery client HOST PORT NBYTES (the client)

@@ -419,6 +419,11 @@ class Connection:
         self._syn_sent_at: float | None = None
         self._n_isn = 0
         self._n_tsval: int | None = None
+        # the rebuilt kernel's latest TSval (kernel view): what refill segments echo, so
+        # its receive-side RTT estimate (TSecr-based) follows the refill loop, and its
+        # receive buffer autotuning opens the window at that pace (echoing the SYN-ACK's
+        # TSval froze the estimate at its first sample)
+        self._k_tsval: int | None = None
         self._kmss = DEFAULT_MSS
         self._inj_next = 0
         self._fin_injected = False
@@ -780,6 +785,8 @@ class Connection:
         self._note_kernel_ack(ev)
         refilled = False
         if self._rebuilt and not self._refill_done:
+            if ev.ts_val is not None:
+                self._k_tsval = ev.ts_val
             self._refill_progress(ev.now)
             refilled = self._refill_done
         pure = ev.payload_len == 0 and not ev.flags & (SYN | FIN | RST)
@@ -1161,6 +1168,7 @@ class Connection:
         self._refill_done = False
         self._refill_at = ev.now
         self._rebuilt = True
+        self._k_tsval = None
         self.policy.reset()
         self._emit(Drop(ev.ident, "rebuilt SYN-ACK: answered by SSW"))
         self._emit(Fabricate(Direction.TO_SERVER, self._third_ack(), "rebuild: third ack"))
@@ -1253,6 +1261,7 @@ class Connection:
         self._refill_done = seq.ge(rcv, self._refill_target())
         self._refill_at = ev.now
         self._rebuilt = True
+        self._k_tsval = None
         self.policy.reset()
         self._refill(ev.now)  # what did not fit the receive queue, and a logged client FIN
         self._set_state(nxt)
@@ -1330,7 +1339,7 @@ class Connection:
             return
         ack = self._kernel_view_ack(self.server_seq)
         self.kernel_una = seq.max_(self.kernel_una, ack)
-        ts_ecr = self._n_tsval
+        ts_ecr = self._k_tsval if self._k_tsval is not None else self._n_tsval
         size = max(self._kmss, self.refill_chunk or 0)
         for sq, chunk in plan.instream_chunks(self._inj_next, self.right_edge, size):
             self._emit(
