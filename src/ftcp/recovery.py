@@ -178,6 +178,7 @@ class _LogFetch:
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.task: asyncio.Future[Any] | None = None
         self.published = False
+        self.ended: float | None = None  # when the answer's last frame was decoded
 
     def on_head(self, lg: ConnectionLog, arrival: Arrival) -> None:
         cid = lg.handshake.conn_id
@@ -195,6 +196,9 @@ class _LogFetch:
         self.plans[cid] = plan
         if len(self.plans) == len(self.want):
             self.ready.set_result(None)
+
+    def on_end(self) -> None:
+        self.ended = self.rec._now()  # noqa: SLF001
 
     def on_data(self, cid: int) -> None:
         if not self.published:
@@ -393,7 +397,9 @@ class Recovery:
         async def attempt() -> None:
             f = _LogFetch(self, want, t)
             box[:] = [f]
-            f.task = asyncio.ensure_future(client.recover_streaming(f.on_head, f.on_data))
+            f.task = asyncio.ensure_future(
+                client.recover_streaming(f.on_head, f.on_data, f.on_end)
+            )
             try:
                 await asyncio.wait({f.task, f.ready}, return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
@@ -436,7 +442,7 @@ class Recovery:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, 9)
             return
-        t.fetched = self._now()
+        t.fetched = f.ended if f.ended is not None else self._now()
 
     # -- logger link (supervisor owner): a recovery waits for a lost logger -------------
     waiting_for_logger = False
@@ -483,6 +489,7 @@ class Recovery:
                 if c is None or c.core.state is not State.CRASHED:
                     continue
                 self.agent.drop(cid, silent=True)
+                self._evict_leftover(c)
                 c.core.refill_chunk = REFILL_CHUNK
                 eng.feed(c, Rebuild(self._now(), plan, repair=self.restore == "repair"))
                 while (
@@ -525,6 +532,20 @@ class Recovery:
             raise
         except Exception:
             log.exception("recovery: rebuild failed")
+
+    def _evict_leftover(self, c: Conn) -> None:
+        """Free the 4-tuple of a crashed connection from a socket its last owner closed
+        (`sockdiag.evict_closed`: a restarted application killed while it accepted the
+        rebuilt connection leaves one; the reset its abort sends is dropped by SSW, as
+        everything the crashed connection's server side sends)."""
+        cip, cport, sip, sport = c.key
+        try:
+            state = sockdiag.evict_closed((sip, sport), (cip, cport))
+        except OSError as e:
+            log.warning("recovery: conn %d: cannot check its 4-tuple: %s", c.core.conn_id, e)
+            return
+        if state is not None:
+            log.info("recovery: conn %d: aborted a leftover socket in %s", c.core.conn_id, state)
 
     async def _presum(self) -> None:
         """Checksum block sums of the logged instreams, in steps between other events

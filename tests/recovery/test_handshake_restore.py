@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,27 +50,9 @@ def test_log_larger_than_the_receive_queue_replays_byte_exact(
     nbytes = min(rmem_max + (8 << 20), 96 << 20)
     timing = unshaped.tmp / f"timing-{port}.jsonl"
     monkeypatch.setenv("FTCP_RECOVERY_TIMING", str(timing))
-    cmd = [sys.executable, BIGAPPS, "serve", str(port), str(nbytes)]
-    with Protected(unshaped, port, cmd, extra=["--restore", restore]) as srv:
-        cl = lab.popen(
-            "client",
-            [sys.executable, BIGAPPS, "client", lab.ip("server"), str(port), str(nbytes)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        try:
-            assert cl.stdout is not None and cl.stdin is not None
-            assert "loaded" in cl.stdout.readline(), srv.err()
-            time.sleep(0.3)  # the last read results reach the logger
-            kill_app(srv)
-            cl.stdin.write("go\n")
-            cl.stdin.flush()
-            line = cl.stdout.readline()
-            assert json.loads(line)["ok"], f"{line!r} {srv.err()[-3000:]}"
-            wait_until(lambda: recovered_count(srv) >= 1, 30, f"recovery\n{srv.err()}")
-        finally:
-            if cl.poll() is None:
-                cl.kill()
-            cl.wait()
+    with _loaded(unshaped, port, restore, nbytes) as (srv, cl):
+        kill_app(srv)
+        _answered(srv, cl)
     err = srv.err()
     assert "Traceback" not in err and "DIVERGENCE" not in err, err
     t = json.loads(timing.read_text().splitlines()[-1])
@@ -88,12 +72,37 @@ def test_log_transfer_cut_mid_way_recovers_again(
     once a logger is back; the client sees nothing but a longer stall."""
     from ftcp.logger.daemon import TEST_RECOVER_DELAY_ENV
 
-    lab = unshaped.lab
     port = unshaped.next_port()
     nbytes = 24 << 20
     data_dir = unshaped.tmp / "logger-data"
+    with _loaded(unshaped, port, restore, nbytes) as (srv, cl):
+        # a logger (same data dir) that sends each megabyte of a log 50 ms apart
+        _kill9(unshaped.logger)
+        monkeypatch.setenv(TEST_RECOVER_DELAY_ENV, "50")
+        unshaped.logger = _logger_on(unshaped, data_dir)
+        monkeypatch.delenv(TEST_RECOVER_DELAY_ENV)
+        wait_until(lambda: "is back" in srv.err(), 20, f"the logger link\n{srv.err()}")
+        kill_app(srv)
+        wait_until(lambda: "recovering 1 connection" in srv.err(), 10, "the crash")
+        time.sleep(0.4)  # the transfer (24 x 50 ms) is under way
+        _kill9(unshaped.logger)
+        wait_until(lambda: "log transfer broke off" in srv.err(), 20, f"the cut\n{srv.err()}")
+        unshaped.logger = _logger_on(unshaped, data_dir)
+        _answered(srv, cl)
+    err = srv.err()
+    assert "Traceback" not in err and "DIVERGENCE" not in err, err
+    assert err.count("the application died from signal") >= 2, err  # recovered again
+
+
+@contextlib.contextmanager
+def _loaded(
+    env: Env, port: int, restore: str, nbytes: int
+) -> Iterator[tuple[Protected, subprocess.Popen[str]]]:
+    """`bigapps.py serve` under `ftcp run --restore <restore>` and its client, once the
+    client's `nbytes` upload is read and logged (the client waits for "go")."""
+    lab = env.lab
     cmd = [sys.executable, BIGAPPS, "serve", str(port), str(nbytes)]
-    with Protected(unshaped, port, cmd, extra=["--restore", restore]) as srv:
+    with Protected(env, port, cmd, extra=["--restore", restore]) as srv:
         cl = lab.popen(
             "client",
             [sys.executable, BIGAPPS, "client", lab.ip("server"), str(port), str(nbytes)],
@@ -103,32 +112,21 @@ def test_log_transfer_cut_mid_way_recovers_again(
             assert cl.stdout is not None and cl.stdin is not None
             assert "loaded" in cl.stdout.readline(), srv.err()
             time.sleep(0.3)  # the last read results reach the logger
-            # a logger (same data dir) that sends each megabyte of a log 50 ms apart
-            _kill9(unshaped.logger)
-            monkeypatch.setenv(TEST_RECOVER_DELAY_ENV, "50")
-            unshaped.logger = _logger_on(unshaped, data_dir)
-            monkeypatch.delenv(TEST_RECOVER_DELAY_ENV)
-            wait_until(lambda: "is back" in srv.err(), 20, f"the logger link\n{srv.err()}")
-            kill_app(srv)
-            wait_until(lambda: "recovering 1 connection" in srv.err(), 10, "the crash")
-            time.sleep(0.4)  # the transfer (24 x 50 ms) is under way
-            _kill9(unshaped.logger)
-            wait_until(
-                lambda: "log transfer broke off" in srv.err(), 20, f"the cut\n{srv.err()}"
-            )
-            unshaped.logger = _logger_on(unshaped, data_dir)
-            cl.stdin.write("go\n")
-            cl.stdin.flush()
-            line = cl.stdout.readline()
-            assert json.loads(line)["ok"], f"{line!r} {srv.err()[-3000:]}"
-            wait_until(lambda: recovered_count(srv) >= 1, 30, f"recovery\n{srv.err()}")
+            yield srv, cl
         finally:
             if cl.poll() is None:
                 cl.kill()
             cl.wait()
-    err = srv.err()
-    assert "Traceback" not in err and "DIVERGENCE" not in err, err
-    assert err.count("the application died from signal") >= 2, err  # recovered again
+
+
+def _answered(srv: Protected, cl: subprocess.Popen[str]) -> None:
+    """The client asks; the recovered server's answer proves it re-read every byte."""
+    assert cl.stdin is not None and cl.stdout is not None
+    cl.stdin.write("go\n")
+    cl.stdin.flush()
+    line = cl.stdout.readline()
+    assert json.loads(line)["ok"], f"{line!r} {srv.err()[-3000:]}"
+    wait_until(lambda: recovered_count(srv) >= 1, 30, f"recovery\n{srv.err()}")
 
 
 def _kill9(p: subprocess.Popen[bytes]) -> None:

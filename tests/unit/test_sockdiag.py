@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
+
+import pytest
 
 from ftcp import sockdiag
 
@@ -40,3 +43,24 @@ def test_dump_filters_by_state() -> None:
     finally:
         for s in (cli, srv, lst):
             s.close()
+
+
+@pytest.mark.root
+def test_evict_closed_frees_a_4_tuple_only_from_a_closed_socket() -> None:
+    lst = socket.create_server(("127.0.0.1", 0))
+    port = lst.getsockname()[1]
+    cli = socket.create_connection(("127.0.0.1", port))
+    srv, _ = lst.accept()
+    lo = socket.inet_aton("127.0.0.1")
+    here, there = (lo, port), (lo, cli.getsockname()[1])
+    try:
+        assert sockdiag.evict_closed(here, there) is None  # open: left alone
+        srv.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        srv.close()  # closed by its owner: FIN_WAIT1/2 with nobody to hold it
+        time.sleep(0.05)
+        assert sockdiag.evict_closed(here, there) in ("FIN_WAIT1", "FIN_WAIT2")
+        assert sockdiag.evict_closed(here, there) is None  # gone
+        assert sockdiag.evict_closed(here, (lo, 1)) is None  # never existed
+    finally:
+        cli.close()
+        lst.close()

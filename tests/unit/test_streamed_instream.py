@@ -152,9 +152,12 @@ def test_assembler_calls_on_head_before_any_instream() -> None:
     def on_data(cid: int) -> None:
         events.append(("data", cid, arrivals[cid].received))
 
-    asm = wire.RecoveryAssembler(4, on_head=on_head, on_data=on_data)
+    ended: list[int] = []
+    asm = wire.RecoveryAssembler(
+        4, on_head=on_head, on_data=on_data, on_end=lambda: ended.append(len(events))
+    )
     done = [asm.feed(f) for f in roundtrip(b"".join(frames), 30_000, stream=True)]  # type: ignore[arg-type]
-    assert done[-1]
+    assert done[-1] and ended == [len(events)]  # once, after the last piece
     assert [e for e in events if e[0] == "head"] == [("head", 1, 0), ("head", 2, 0), ("head", 3, 0)]
     assert events.index(("head", 3, 0)) < min(i for i, e in enumerate(events) if e[0] == "data")
     got1 = [e[2] for e in events if e[:2] == ("data", 1)]

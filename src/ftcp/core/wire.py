@@ -1205,7 +1205,8 @@ class RecoveryAssembler:
     Streaming (recovery starts before the answer is complete): `on_head(log, arrival)`
     is called once a connection's head and reads are in, with its instream buffer
     still filling; `arrival.received` grows as pieces land, and `on_data(conn_id)`
-    is called after each. The logger sends every head before any instream.
+    is called after each; `on_end()` when the answer is complete. The logger sends
+    every head before any instream.
     """
 
     def __init__(
@@ -1214,11 +1215,13 @@ class RecoveryAssembler:
         arena: InstreamArena | None = None,
         on_head: Callable[[ConnectionLog, Arrival], None] | None = None,
         on_data: Callable[[int], None] | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> None:
         self.req_id = req_id
         self._arena = arena
         self._on_head = on_head
         self._on_data = on_data
+        self._on_end = on_end
         if arena is not None:
             arena.reset()
         self._conns: dict[int, _Partial] = {}
@@ -1260,6 +1263,8 @@ class RecoveryAssembler:
                         f"incomplete recovery of connection {p.head.handshake.conn_id}"
                     )
             self.done = True
+            if self._on_end is not None:
+                self._on_end()
             return True
         p = self._conns.get(f.conn_id)
         if p is None:

@@ -615,17 +615,19 @@ class LoggerClient(asyncio.Protocol):
         self,
         on_head: Callable[[ConnectionLog, Arrival], None],
         on_data: Callable[[int], None] | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> list[ConnectionLog]:
         """`recover()` in one attempt, streamed: `on_head(log, arrival)` as each
         connection's head and reads arrive, its instream still filling (see
         `wire.RecoveryAssembler`); the whole logs when the answer is complete. A
         broken link raises `LoggerError`: the caller decides what it can keep."""
-        return await self._recover_once(on_head, on_data)
+        return await self._recover_once(on_head, on_data, on_end)
 
     async def _recover_once(
         self,
         on_head: Callable[[ConnectionLog, Arrival], None] | None = None,
         on_data: Callable[[int], None] | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> list[ConnectionLog]:
         t = self._check()
         req = next(self._req)
@@ -633,7 +635,7 @@ class LoggerClient(asyncio.Protocol):
         # an earlier answer still streaming (its caller gave up waiting) writes into
         # the arena: this one does not share it
         arena = None if self._recoveries else self.instream_arena
-        asm = wire.RecoveryAssembler(req, arena, on_head, on_data)
+        asm = wire.RecoveryAssembler(req, arena, on_head, on_data, on_end)
         self._recoveries[req] = (asm, fut)
         t.write(wire.encode(wire.Recover(req)))
         return await fut
