@@ -582,7 +582,11 @@ class Recovery:
                 self._reset_client(c)
                 return False
             self.engine.feed(c, Repaired(self._now(), ok=False))
+            rebuilt = self._now()
         else:
+            # the kernel connection is back: what follows (the refill of what did not
+            # fit the receive queue, or has not arrived yet) is replay
+            rebuilt = self._now()
             log.info(
                 "conn %d: repaired: %d of %d logged bytes queued, window %d",
                 core.conn_id,
@@ -596,7 +600,7 @@ class Recovery:
                 self.timings[-1].queued_bytes += res.queued
                 self.timings[-1].fill_s += res.fill_s
         if self.timings:
-            self.timings[-1].rebuilt[core.conn_id] = self._now()
+            self.timings[-1].rebuilt[core.conn_id] = rebuilt
         return True
 
     def replay_done(self, conn_id: int) -> None:
