@@ -64,6 +64,19 @@ def start_env(lab: Lab, tmp: Path) -> Env:
     return Env(lab, tmp, p, f"{ip}:{LOGGER_PORT}")
 
 
+def logger_on(env: Env, data_dir: Path) -> subprocess.Popen[bytes]:
+    """Another logger in the logger host, on `env`'s address, with `data_dir` (its own log
+    file in `env.tmp`); returns once it listens."""
+    log = env.tmp / f"logger-{time.monotonic_ns()}.err"
+    return start_logger(env.lab, "logger", env.lab.ip("logger"), LOGGER_PORT, data_dir, log=log)
+
+
+def kill9(p: subprocess.Popen[bytes]) -> None:
+    if p.poll() is None:
+        p.kill()
+    p.wait(10)
+
+
 def listening(lab: Lab, host: str, port: int) -> bool:
     r = lab.run(host, ["ss", "-Hltn", f"sport = :{port}"], check=False)
     return bool(r.stdout.strip())

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -22,11 +21,12 @@ from pathlib import Path
 import pytest
 from ithelpers import (
     FTCP,
-    LOGGER_PORT,
     Capture,
     Env,
     check_ack_clamping,
     echo_server,
+    kill9,
+    logger_on,
     start_env,
     wait_until,
 )
@@ -41,7 +41,6 @@ from ftcp.core.records import (
     ReadResult,
     SynOptions,
 )
-from ftcp.lab.services import start_logger
 from ftcp.logger.client import LoggerClient
 from ftcp.logger.daemon import LoggerConfig, LoggerServer
 
@@ -175,17 +174,6 @@ STREAMER = textwrap.dedent(
 )
 
 
-def _logger(env: Env, data_dir: Path) -> subprocess.Popen[bytes]:
-    log = env.tmp / f"logger-{time.monotonic_ns()}.err"
-    return start_logger(env.lab, "logger", env.lab.ip("logger"), LOGGER_PORT, data_dir, log=log)
-
-
-def _kill9(p: subprocess.Popen[bytes]) -> None:
-    if p.poll() is None:
-        os.kill(p.pid, signal.SIGKILL)
-    p.wait(10)
-
-
 def _status(env: Env, state_dir: Path) -> list[dict]:
     r = env.lab.run("server", [*FTCP, "status", "--state-dir", str(state_dir), "--json"])
     return json.loads(r.stdout)
@@ -233,7 +221,7 @@ def test_logger_killed_mid_transfer_stalls_then_resumes(lossenv: Env, empty_firs
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         wait_until(lambda: _progress(prog)["recv"] > nbytes // 6, 60, "the echo to flow")
-        _kill9(env.logger)
+        kill9(env.logger)
         time.sleep(0.5)
         p1 = _progress(prog)
         time.sleep(1.5)
@@ -251,7 +239,7 @@ def test_logger_killed_mid_transfer_stalls_then_resumes(lossenv: Env, empty_firs
         assert "lost:" in srv.err() and "connections stall until it is back" in srv.err()
         assert cl.poll() is None
         if empty_first:
-            other = _logger(env, env.tmp / "empty-data")
+            other = logger_on(env, env.tmp / "empty-data")
             try:
                 wait_until(
                     lambda: _status(env, state)[0]["logger_link"]["history_lost"], 20,
@@ -261,8 +249,8 @@ def test_logger_killed_mid_transfer_stalls_then_resumes(lossenv: Env, empty_firs
                 assert _progress(prog)["recv"] == p2["recv"]  # still stalled
                 assert "REFUSING" in srv.err() and "REFUSED" in _status_text(env, state)
             finally:
-                _kill9(other)
-        env.logger = _logger(env, env.tmp / "logger-data")
+                kill9(other)
+        env.logger = logger_on(env, env.tmp / "logger-data")
         out, err = cl.communicate(timeout=120)
         assert cl.returncode == 0, err
         r = json.loads(out.decode().strip().splitlines()[-1])
@@ -293,7 +281,7 @@ def test_crash_while_logger_down_waits_for_the_logger(lossenv: Env) -> None:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         wait_until(lambda: _progress(prog)["recv"] > nbytes // 6, 60, "the echo to flow")
-        _kill9(env.logger)
+        kill9(env.logger)
         state = srv.dir / "state"
         time.sleep(4.0)
         (doc,) = _status(env, state)
@@ -309,7 +297,7 @@ def test_crash_while_logger_down_waits_for_the_logger(lossenv: Env) -> None:
         rec = _status(env, state)[0]["recovery"]
         assert not rec["gave_up"] and rec["recoveries"] == 0
         assert "WAITING FOR THE LOGGER" in _status_text(env, state)
-        env.logger = _logger(env, env.tmp / "logger-data")
+        env.logger = logger_on(env, env.tmp / "logger-data")
         out, err = cl.communicate(timeout=120)
         assert cl.returncode == 0, err
         r = json.loads(out.decode().strip().splitlines()[-1])

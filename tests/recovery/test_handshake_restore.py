@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from crashlib import finish_client, kill_app, recovered_count, run_client, verify
-from ithelpers import APPS, Capture, Env, Protected, wait_until
+from ithelpers import APPS, Capture, Env, Protected, kill9, logger_on, wait_until
 
 BIGAPPS = str(Path(__file__).with_name("bigapps.py"))
 
@@ -77,17 +77,17 @@ def test_log_transfer_cut_mid_way_recovers_again(
     data_dir = unshaped.tmp / "logger-data"
     with _loaded(unshaped, port, restore, nbytes) as (srv, cl):
         # a logger (same data dir) that sends each megabyte of a log 50 ms apart
-        _kill9(unshaped.logger)
+        kill9(unshaped.logger)
         monkeypatch.setenv(TEST_RECOVER_DELAY_ENV, "50")
-        unshaped.logger = _logger_on(unshaped, data_dir)
+        unshaped.logger = logger_on(unshaped, data_dir)
         monkeypatch.delenv(TEST_RECOVER_DELAY_ENV)
         wait_until(lambda: "is back" in srv.err(), 20, f"the logger link\n{srv.err()}")
         kill_app(srv)
         wait_until(lambda: "recovering 1 connection" in srv.err(), 10, "the crash")
         time.sleep(0.4)  # the transfer (24 x 50 ms) is under way
-        _kill9(unshaped.logger)
+        kill9(unshaped.logger)
         wait_until(lambda: "log transfer broke off" in srv.err(), 20, f"the cut\n{srv.err()}")
-        unshaped.logger = _logger_on(unshaped, data_dir)
+        unshaped.logger = logger_on(unshaped, data_dir)
         _answered(srv, cl)
     err = srv.err()
     assert "Traceback" not in err and "DIVERGENCE" not in err, err
@@ -127,18 +127,3 @@ def _answered(srv: Protected, cl: subprocess.Popen[str]) -> None:
     line = cl.stdout.readline()
     assert json.loads(line)["ok"], f"{line!r} {srv.err()[-3000:]}"
     wait_until(lambda: recovered_count(srv) >= 1, 30, f"recovery\n{srv.err()}")
-
-
-def _kill9(p: subprocess.Popen[bytes]) -> None:
-    if p.poll() is None:
-        p.kill()
-    p.wait(10)
-
-
-def _logger_on(env: Env, data_dir: Path) -> subprocess.Popen[bytes]:
-    from ithelpers import LOGGER_PORT
-
-    from ftcp.lab.services import start_logger
-
-    log = env.tmp / f"logger-{time.monotonic_ns()}.err"
-    return start_logger(env.lab, "logger", env.lab.ip("logger"), LOGGER_PORT, data_dir, log=log)
