@@ -162,6 +162,23 @@ class Timing:
             "restore": self.restore,
             "repaired": self.repaired,
             "queued_bytes": self.queued_bytes,
+            # when each step ended, in ms after the death (for reading a slow recovery)
+            "at_ms": {
+                k: round(1000 * (v - self.died), 3)
+                for k, v in (
+                    ("synced", self.synced),
+                    ("planned", self.planned),
+                    ("spawned", self.spawned),
+                    ("listening", self.listening),
+                    ("fetched", self.fetched),
+                    ("rebuilt", last),
+                    ("replayed", max(self.replayed.values(), default=None)),
+                    ("done", self.done),
+                )
+                if v
+            },
+            "plan_ms": round(1000 * self.plan_s, 3),
+            "fill_ms": round(1000 * self.fill_s, 3),
         }
 
 

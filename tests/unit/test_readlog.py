@@ -56,6 +56,27 @@ def test_out_of_order_is_seen() -> None:
     assert not ReadLog.from_tuples(1, [(5, 0, 1), (5, 0, 1)]).in_order()
 
 
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2**64 - 1), st.sampled_from(list(ReadKind)), st.integers(0, 9)),
+        max_size=2600,  # past two of the thousand-entry unpacks `summary` does at once
+    ),
+    st.data(),
+)
+def test_summary_is_the_naive_one(reads: list[tuple[int, int, int]], data: st.DataObject) -> None:
+    if reads and data.draw(st.booleans()):  # mostly ascending, as the logger sends them
+        reads = [(i, k, n) for i, (_, k, n) in enumerate(reads)]
+        if data.draw(st.booleans()):
+            i = data.draw(st.integers(0, len(reads) - 1))
+            reads[i] = (max(0, i - 1), reads[i][1], reads[i][2])  # one step back (or equal)
+    rl = ReadLog.from_tuples(1, reads)
+    orders = [o for o, _, _ in reads]
+    ordered = all(a < b for a, b in zip(orders, orders[1:], strict=False))
+    data_bytes = sum(n for _, k, n in reads if k == ReadKind.DATA)
+    assert rl.summary() == (ordered, data_bytes)
+    assert rl.in_order() == ordered and rl.data_bytes() == data_bytes
+
+
 def test_bad_input_is_refused() -> None:
     with pytest.raises(ValueError, match="whole number"):
         ReadLog(1, b"\x00" * 14)

@@ -318,9 +318,10 @@ def plan_recovery(
             f"{seq.sub(log.stable_seq, seq.add(hs.c_isn, 1))}"
         )
     reads = log.reads
-    if not isinstance(reads, ReadLog) or not reads.in_order():
+    ordered, data_read = reads.summary() if isinstance(reads, ReadLog) else (False, 0)
+    if not ordered:
         reads = ReadLog.from_results(hs.conn_id, sorted(reads, key=lambda r: r.order))
-    data_read = reads.data_bytes()
+        data_read = reads.data_bytes()
     if data_read > len(instream):
         raise LocalProtocolError(
             f"conn {hs.conn_id}: reads consumed {data_read} bytes, only {len(instream)} logged"
