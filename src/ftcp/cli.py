@@ -75,6 +75,15 @@ def main() -> None:
     show_default=True,
     help="When replay regenerates a different outstream: report and go on, or reset.",
 )
+@click.option(
+    "--boost",
+    type=click.IntRange(0, 39),
+    default=10,
+    show_default=True,
+    help="Nice levels the supervisor's event loop runs ahead of the application (0: none). "
+    "After a crash the log transfer then does not wait for the restarted application's "
+    "start-up (1 MiB: 3.6 ms instead of 5.7 ms measured with 10).",
+)
 @click.option("--iface", help="Client-facing interface (default: from the routing table).")
 @click.option("--queue-num", type=int, help="NFQUEUE number (default: the port).")
 @click.option(
@@ -97,6 +106,7 @@ def run(
     restore: str,
     max_restarts: int,
     on_divergence: str,
+    boost: int,
     iface: str | None,
     queue_num: int | None,
     state_dir: str,
@@ -141,6 +151,7 @@ def run(
         restore=restore,
         max_restarts=max_restarts,
         on_divergence=on_divergence,
+        boost=boost,
         iface=iface,
         queue_num=queue_num,
         state_dir=state_dir,

@@ -8,13 +8,17 @@
    step); the agent still holds a duplicate of every accepted socket, so the
    death itself emitted no FIN/RST. New SYNs to the port wait in the engine's
    `syn_gate` until recovery ends (held, not refused);
-2. *sync*: every record sent before the crash is acknowledged by the logger,
-   then `recover()` returns the logs; one `RecoveryPlan` per crashed
-   connection (`plan_recovery` with the engine's own hints: newest client ack,
-   last TSval sent);
-3. *restart*: the application is started again (at most `max_restarts` times
-   in a row, with a doubling back-off after the first); past that, recovery
-   gives up: each crashed client gets a reset, loudly, and `ftcp run` exits;
+2. *fetch*: the records the crash produced, then a RECOVER, go down the
+   logger link (the logger answers once everything before the request is
+   durable: no separate sync round trip); the answer streams in, and each
+   crashed connection gets its `RecoveryPlan` as soon as its head and reads
+   are in (`plan_recovery` with the engine's own hints: newest client ack,
+   last TSval sent), its instream filling while the rebuild runs;
+3. *restart*: meanwhile the application is started again (at most
+   `max_restarts` times in a row, with a doubling back-off after the first;
+   the fork and exec run off the event loop, `ftcp.appproc`); past that,
+   recovery gives up: each crashed client gets a reset, loudly, and `ftcp run`
+   exits;
 4. *rebuild*: once the new process listens, in the original accept order,
    the held duplicate is closed silently (TCP_REPAIR: frees the 4-tuple) and
    the core is fed `Rebuild(plan)`: fabricated SYN, captured SYN-ACK, third
@@ -58,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from ftcp import sockdiag
+from ftcp.appproc import AppProcess
 from ftcp.core.conn import State
 from ftcp.core.events import Finish, InstreamArrived, ProcessDied, Rebuild, Repaired, ReplayDone
 from ftcp.core.packet import ACK, RST, build_tcp
@@ -111,7 +116,7 @@ class Timing:
 
     died: float
     detected: float = 0.0
-    synced: float = 0.0  # every record sent before the crash is acknowledged
+    synced: float = 0.0  # the RECOVER is sent (behind every record of the crash)
     fetched: float = 0.0  # the logs are back from the logger (all of the answer)
     planned: float = 0.0  # every crashed connection is planned (its instream may follow)
     plan_s: float = 0.0  # time spent planning
@@ -244,7 +249,7 @@ class Recovery:
         client: Any,  # LoggerClient
         *,
         port: int,
-        spawn: Callable[[], Awaitable[asyncio.subprocess.Process]],
+        spawn: Callable[[], Awaitable[AppProcess]],
         max_restarts: int = 5,
         backoff: float = 0.05,
         on_divergence: str = "continue",
@@ -298,7 +303,7 @@ class Recovery:
             "last": self.timings[-1].as_dict() if self.timings else None,
         }
 
-    def started(self, proc: asyncio.subprocess.Process) -> None:
+    def started(self, proc: AppProcess) -> None:
         """The application (first incarnation or a restart) is running."""
         self.pid = proc.pid
         self._started_at = self._now()
@@ -319,7 +324,7 @@ class Recovery:
 
     # ------------------------------------------------------------- the crash
 
-    async def on_death(self, rc: int) -> asyncio.subprocess.Process | None:
+    async def on_death(self, rc: int) -> AppProcess | None:
         """The application died from a signal: recover; the new process, or None (gave up)."""
         now = self._now()
         t = Timing(died=now, detected=now, restore=self.restore)
@@ -357,7 +362,7 @@ class Recovery:
         # and new SYNs wait in the gate
         self.plans = {}
         planning = asyncio.ensure_future(self._plan(crashed, t))
-        proc: asyncio.subprocess.Process | None = None
+        proc: AppProcess | None = None
         watch: asyncio.Future[bool] | None = None
         try:
             if delay:
@@ -389,7 +394,7 @@ class Recovery:
         self._task = asyncio.ensure_future(self._rebuild(proc, t, watch))
         return proc
 
-    async def _wait_listening(self, proc: asyncio.subprocess.Process, t: Timing) -> bool:
+    async def _wait_listening(self, proc: AppProcess, t: Timing) -> bool:
         """Until the new process listens (True; `t.listening` is when), or ends (False)."""
         while not listening(self.port):
             if proc.returncode is not None:
@@ -406,17 +411,21 @@ class Recovery:
         `self._fetching` waits for the end of the answer."""
         eng, client = self.engine, self.client
         eng._send_logs()  # noqa: SLF001 - the records the crash produced
-        await self._from_logger(lambda: client.wait_batch(client.batch))
-        t.synced = self._now()
         want = {c.core.conn_id: c for c in crashed}
         box: list[_LogFetch] = []
 
         async def attempt() -> None:
+            # no separate sync round trip: the RECOVER follows those records down the
+            # same link (after a reconnection too: the client resends what is unacked
+            # first), and the logger answers from its state once everything before the
+            # request is durable
             f = _LogFetch(self, want, t)
             box[:] = [f]
             f.task = asyncio.ensure_future(
                 client.recover_streaming(f.on_head, f.on_data, f.on_end)
             )
+            if not t.synced:
+                t.synced = self._now()
             try:
                 await asyncio.wait({f.task, f.ready}, return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
@@ -491,7 +500,7 @@ class Recovery:
                     self.waiting_for_logger = False
 
     async def _rebuild(
-        self, proc: asyncio.subprocess.Process, t: Timing, watch: asyncio.Future[bool]
+        self, proc: AppProcess, t: Timing, watch: asyncio.Future[bool]
     ) -> None:
         eng = self.engine
         presum = asyncio.ensure_future(self._presum())  # while the application starts
@@ -697,7 +706,7 @@ class Recovery:
                 self._reset_client(c)
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> None:
+async def _stop(proc: AppProcess) -> None:
     """Kill an application started for a recovery that cannot go on."""
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from pathlib import Path
 
 import pytest
 from ithelpers import (
@@ -94,6 +95,31 @@ def test_sigterm_stops_everything(unshaped: Env) -> None:
     assert srv.stop() == 0, srv.err()
     assert free_rules(lab)
     assert not any(srv.dir.joinpath("state").glob("*.json"))
+
+
+def _nice(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()  # the process's main thread
+    return int(stat.rsplit(")", 1)[1].split()[16])  # field 19
+
+
+@pytest.mark.parametrize("boost", [10, 0])
+def test_the_supervisor_loop_runs_ahead_of_the_application(unshaped: Env, boost: int) -> None:
+    """`--boost N`: the supervisor's event loop (its main thread) is N nice levels ahead
+    of the application, which keeps the nice value it was started with."""
+    port = unshaped.next_port()
+    with echo_server(unshaped, port, extra=["--boost", str(boost)]) as srv:
+        chain = [srv.proc.pid]  # `ftcp run` (the lab's `ip netns exec` execs it), the app
+        while kids := [
+            k for t in Path(f"/proc/{chain[-1]}/task").iterdir()  # a child is its thread's
+            for k in (t / "children").read_text().split()
+        ]:  # fmt: skip
+            assert len(kids) == 1, kids
+            chain.append(int(kids[0]))
+        assert len(chain) == 2, chain
+        sup, app = chain
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        assert _nice(app) == mine
+        assert _nice(sup) == max(-20, mine - boost)
 
 
 def test_logger_unreachable_is_one_clear_error(unshaped: Env) -> None:
