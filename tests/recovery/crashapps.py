@@ -39,9 +39,11 @@ def _data(n: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
-def duplex(host: str, port: int, nbytes: int, chunk: int, pace: float) -> dict[str, object]:
+def duplex(
+    host: str, port: int, nbytes: int, chunk: int, pace: float, seed: int | None = None
+) -> dict[str, object]:
     s = _connect(host, port)
-    data = _data(nbytes, port)
+    data = _data(nbytes, port if seed is None else seed)
     got = bytearray()
     err: list[BaseException] = []
 
@@ -179,7 +181,8 @@ def _clock_conn(c: socket.socket) -> None:
 def main() -> None:
     cmd, *a = sys.argv[1:]
     if cmd == "duplex":
-        r = duplex(a[0], int(a[1]), int(a[2]), int(a[3]), float(a[4]))
+        seed = int(a[5]) if len(a) > 5 else None  # default: the port
+        r = duplex(a[0], int(a[1]), int(a[2]), int(a[3]), float(a[4]), seed)
     elif cmd == "reqresp":
         r = reqresp(a[0], int(a[1]), int(a[2]), int(a[3]), float(a[4]))
     elif cmd == "drip":
