@@ -53,7 +53,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,33 +99,7 @@ class RunConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
     max_restarts: int = 5  # recovery: restarts in a row before giving up
     on_divergence: str = "continue"  # recovery: "continue" | "close"
-    boost: int = 10  # nice levels the event loop runs ahead of the application
-
-
-def boost_loop(levels: int) -> int | None:
-    """Run this thread (the event loop) `levels` nice levels ahead of the rest of the
-    process, the application's spawning thread included; the nice value it got, or None.
-
-    The supervisor's work comes in bursts the application waits for: every packet, and
-    after a crash the log transfer, which runs while the restarted application starts
-    on the same cores. Linux keeps a nice value per thread; threads started from this
-    one later (the instream's page-faulting helper) inherit it."""
-    if levels <= 0:
-        return None
-    tid = threading.get_native_id()
-    try:
-        now = os.getpriority(os.PRIO_PROCESS, tid)
-        want = max(-20, now - levels)
-        os.setpriority(os.PRIO_PROCESS, tid, want)
-    except OSError as e:
-        print(
-            f"ftcp run: cannot raise the supervisor's CPU priority ({e.strerror}); it runs "
-            "at the application's (give --boost 0 to not try)",
-            file=sys.stderr,
-            flush=True,
-        )
-        return None
-    return want
+    boost: int = 10  # nice levels the event loop runs ahead of the application in a recovery
 
 
 def netns_id() -> str:
@@ -336,7 +309,6 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
         env.update(cfg.extra_env)
 
         spawner = sp = Spawner()  # its thread keeps the application's priority
-        boost_loop(cfg.boost)
 
         async def spawn() -> AppProcess:
             return await sp.start(cfg.command, env)
@@ -350,6 +322,7 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
             max_restarts=cfg.max_restarts,
             on_divergence=cfg.on_divergence,
             restore=cfg.restore,
+            boost=cfg.boost,
         )
         bridge.recovery = recovery
         recovery_box.append(recovery)

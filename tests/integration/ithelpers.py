@@ -82,6 +82,12 @@ def listening(lab: Lab, host: str, port: int) -> bool:
     return bool(r.stdout.strip())
 
 
+def nice_of(pid: int) -> int:
+    """The nice value of process `pid`'s main thread."""
+    stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])  # field 19
+
+
 def iptables_rules(lab: Lab, host: str) -> list[str]:
     return lab.run(host, ["iptables", "-w", "-S"]).stdout.splitlines()
 

@@ -20,6 +20,7 @@ from ithelpers import (
     client_app,
     echo_server,
     free_rules,
+    nice_of,
     start_env,
 )
 
@@ -97,17 +98,12 @@ def test_sigterm_stops_everything(unshaped: Env) -> None:
     assert not any(srv.dir.joinpath("state").glob("*.json"))
 
 
-def _nice(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()  # the process's main thread
-    return int(stat.rsplit(")", 1)[1].split()[16])  # field 19
-
-
-@pytest.mark.parametrize("boost", [10, 0])
-def test_the_supervisor_loop_runs_ahead_of_the_application(unshaped: Env, boost: int) -> None:
-    """`--boost N`: the supervisor's event loop (its main thread) is N nice levels ahead
-    of the application, which keeps the nice value it was started with."""
+def test_the_supervisor_shares_the_cpu_outside_a_recovery(unshaped: Env) -> None:
+    """The application keeps the nice value `ftcp run` was started with, and so does
+    the supervisor's event loop until a crash (`--boost` applies during a recovery:
+    tests/recovery/test_recovery_boost.py)."""
     port = unshaped.next_port()
-    with echo_server(unshaped, port, extra=["--boost", str(boost)]) as srv:
+    with echo_server(unshaped, port) as srv:
         chain = [srv.proc.pid]  # `ftcp run` (the lab's `ip netns exec` execs it), the app
         while kids := [
             k for t in Path(f"/proc/{chain[-1]}/task").iterdir()  # a child is its thread's
@@ -116,10 +112,8 @@ def test_the_supervisor_loop_runs_ahead_of_the_application(unshaped: Env, boost:
             assert len(kids) == 1, kids
             chain.append(int(kids[0]))
         assert len(chain) == 2, chain
-        sup, app = chain
         mine = os.getpriority(os.PRIO_PROCESS, 0)
-        assert _nice(app) == mine
-        assert _nice(sup) == max(-20, mine - boost)
+        assert [nice_of(p) for p in chain] == [mine, mine]
 
 
 def test_logger_unreachable_is_one_clear_error(unshaped: Env) -> None:
