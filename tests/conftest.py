@@ -26,7 +26,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.skipped and "root" in report.keywords:
+    # an expected failure (xfail: a known bug, named in its reason) reports as skipped
+    # too; it ran, so it is no sign of a broken setup
+    if report.skipped and "root" in report.keywords and not hasattr(report, "wasxfail"):
         _skipped_root.append(report.nodeid)
 
 

