@@ -352,7 +352,22 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
             while True:
                 done = await _next_event(waiter, stopper, 1.0)
                 if waiter in done and stopper not in done and waiter.result() < 0:
-                    new = await recovery.on_death(waiter.result())  # ftcp.recovery
+                    # a stop request must not wait for the recovery's start (it can wait
+                    # for a lost logger however long): cancelled, it stops what it started
+                    dying = asyncio.ensure_future(recovery.on_death(waiter.result()))
+                    await asyncio.wait({dying, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    if not dying.done():
+                        dying.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await dying
+                        print(
+                            "ftcp run: stopped during a recovery; its connections are "
+                            "closed unrecovered",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        return 0
+                    new = dying.result()  # ftcp.recovery
                     if new is not None:
                         proc = new
                         waiter = asyncio.ensure_future(proc.wait())

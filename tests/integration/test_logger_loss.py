@@ -20,11 +20,13 @@ from pathlib import Path
 
 import pytest
 from ithelpers import (
+    APPS,
     FTCP,
     Capture,
     Env,
     check_ack_clamping,
     echo_server,
+    iptables_rules,
     kill9,
     logger_on,
     start_env,
@@ -257,7 +259,7 @@ def test_logger_killed_mid_transfer_stalls_then_resumes(lossenv: Env, empty_firs
         assert r["recv"] == nbytes and r["recv_sha"] == r["sent_sha"], r
         (doc,) = _status(env, state)
         assert doc["logger_link"]["up"] and doc["logger_link"]["reconnects"] == 1
-        assert "is back" in srv.err()
+        assert " is back (" in srv.err()  # the reconnect's line, not the loss's
         cap.stop()
     n = check_ack_clamping(cap.path, srv.trace, sip, port)
     assert n > 100
@@ -308,3 +310,63 @@ def test_crash_while_logger_down_waits_for_the_logger(lossenv: Env) -> None:
         )
         rec = _status(env, state)[0]["recovery"]
         assert rec["recoveries"] == 1 and not rec["waiting_for_logger"], rec
+
+
+@pytest.mark.root
+def test_stop_while_recovery_waits_for_the_logger(lossenv: Env) -> None:
+    """SIGTERM to `ftcp run` whose recovery waits for a dead logger: it stops at once
+    (exit 0, the restarted application stopped, its rules gone), not when a logger
+    comes back."""
+    env = lossenv
+    lab = env.lab
+    port = env.next_port()
+    before = iptables_rules(lab, "server")
+    with echo_server(env, port) as srv:
+        cl = lab.popen(
+            "client", [sys.executable, "-c", HOLD_OPEN, lab.ip("server"), str(port)],
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert cl.stdout is not None and b"echoed" in cl.stdout.readline()
+            kill9(env.logger)
+            wait_until(lambda: " lost: " in srv.err(), 20, f"the logger loss\n{srv.err()}")
+            (app,) = _apps(port)
+            os.kill(app, 9)
+            wait_until(
+                lambda: "recovery waits for the logger" in srv.err(), 20, f"the wait\n{srv.err()}"
+            )
+            assert _apps(port), "the restarted application"  # it starts before the log comes
+            assert srv.stop() == 0, srv.err()
+            assert "stopped during a recovery" in srv.err(), srv.err()
+            assert _apps(port) == []
+        finally:
+            cl.kill()
+            cl.wait()
+    assert iptables_rules(lab, "server") == before
+
+
+def _apps(port: int) -> list[int]:
+    """The pids of echo servers on `port` (the tests' APPS echo-server)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[1:4] == [APPS.encode(), b"echo-server", str(port).encode()]:  # not ftcp run
+            pids.append(int(d.name))
+    return pids
+
+
+HOLD_OPEN = textwrap.dedent(
+    """
+    import socket, sys, time
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+    s.sendall(b"x" * 1000)
+    got = b""
+    while len(got) < 1000:
+        got += s.recv(65536)
+    print("echoed", flush=True)
+    time.sleep(120)
+    """
+)

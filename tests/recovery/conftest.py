@@ -13,9 +13,9 @@ from ftcp.lab.pytest_fixtures import lab_factory, module_lab_factory
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "integration"))
 
-from ithelpers import Env, start_env  # noqa: E402
+from ithelpers import Env, logger_on, start_env  # noqa: E402
 
-__all__ = ["lab_factory", "module_lab_factory", "unshaped"]
+__all__ = ["lab_factory", "live_logger", "module_lab_factory", "unshaped"]
 
 
 @pytest.fixture(scope="module")
@@ -27,3 +27,14 @@ def unshaped(module_lab_factory, tmp_path_factory) -> Iterator[Env]:  # type: ig
         yield env
     finally:
         env.close()
+
+
+@pytest.fixture(autouse=True)
+def live_logger(request: pytest.FixtureRequest) -> None:
+    """A test that failed with the module's logger killed (tests kill it on purpose) does
+    not take the next ones down with it: they start with a logger on the same data dir."""
+    if "unshaped" not in request.fixturenames:
+        return
+    env: Env = request.getfixturevalue("unshaped")
+    if env.logger.poll() is not None:
+        env.logger = logger_on(env, env.tmp / "logger-data")

@@ -81,7 +81,8 @@ def test_log_transfer_cut_mid_way_recovers_again(
         monkeypatch.setenv(TEST_RECOVER_DELAY_ENV, "50")
         unshaped.logger = logger_on(unshaped, data_dir)
         monkeypatch.delenv(TEST_RECOVER_DELAY_ENV)
-        wait_until(lambda: "is back" in srv.err(), 20, f"the logger link\n{srv.err()}")
+        # not "...until it is back" of the loss line: the reconnect's own line
+        wait_until(lambda: " is back (" in srv.err(), 20, f"the logger link\n{srv.err()}")
         kill_app(srv)
         wait_until(lambda: "recovering 1 connection" in srv.err(), 10, "the crash")
         time.sleep(0.4)  # the transfer (24 x 50 ms) is under way
