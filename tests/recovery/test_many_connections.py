@@ -30,15 +30,7 @@ def _established(env: Env, port: int) -> int:
     return len(out.splitlines())
 
 
-HANDSHAKE_BUG = pytest.mark.xfail(
-    reason="known bug (docs/STATUS.md, 'many connections crashed at once'): on the handshake "
-    "path a rebuilt connection can hang: its kernel's window is shut, the client's pure acks "
-    "start past it and Linux ignores them, so the server's data is never acked",
-    strict=False,
-)
-
-
-@pytest.mark.parametrize("restore", ["repair", pytest.param("handshake", marks=HANDSHAKE_BUG)])
+@pytest.mark.parametrize("restore", ["repair", "handshake"])
 def test_sixteen_connections_recovered_byte_exact(unshaped: Env, restore: str) -> None:
     lab = unshaped.lab
     port = unshaped.next_port()
@@ -58,8 +50,9 @@ def test_sixteen_connections_recovered_byte_exact(unshaped: Env, restore: str) -
             try:
                 wait_until(lambda: recovered_count(srv) >= 1, 60, "recovery")
             except AssertionError as e:
-                st = json.dumps(read_status(str(srv.dir / "state")))[:6000]
-                raise AssertionError(f"{e}\n{srv.err()[-4000:]}\nstatus: {st}") from None
+                st = json.dumps(read_status(str(srv.dir / "state")))[:8000]
+                ss = lab.run("server", ["ss", "-tnmi", f"( sport = :{port} )"]).stdout
+                raise AssertionError(f"{e}\n{srv.err()[-4000:]}\nstatus: {st}\n{ss}") from None
             results = [finish_client(cl) for cl in clients]
         finally:
             for cl in clients:  # a client left waiting by a failed recovery

@@ -63,6 +63,8 @@ from ftcp.core.records import (
 )
 from ftcp.core.replay import OutstreamDigest, RecoveryPlan, plan_recovery
 
+OOW_LIMIT = 0.1  # s between answers to unacceptable pure acks (Linux: tcp_invalid_ratelimit)
+
 # ----------------------------------------------------------------------------- segments
 
 
@@ -167,6 +169,11 @@ class ToyTCP:
         self.errors: list[str] = []
         self.last_adv_window = 0
         self.peer_syn_opts: SynOptions | None = None
+        # Linux's sequence check: acceptable is [rcv_wup, max(rcv_nxt, edge)]
+        self.rcv_wup = 0  # rcv_nxt when the last ack was sent
+        self.adv_edge = 0  # the right edge of the window advertised (it never shrinks)
+        self.last_oow = -1.0  # last answer to an unacceptable pure ack (rate-limited)
+        self.max_window = 0  # the largest window the peer advertised (RFC 5961 5.2)
 
     # -- helpers
     def ts_now(self, now: float) -> int | None:
@@ -180,6 +187,8 @@ class ToyTCP:
     def _seg(self, now: float, off: int, flags: int, payload: bytes = b"") -> Seg:
         w = self.window()
         self.last_adv_window = w
+        self.rcv_wup = self.rcv_nxt
+        self.adv_edge = max(self.adv_edge, self.rcv_nxt + (w << self.my_ws))
         return Seg(
             seq=seq.add(self.iss, 1 + off),
             ack=seq.add(self.irs, 1 + self.rcv_nxt),
@@ -224,6 +233,7 @@ class ToyTCP:
 
     def _syn(self, now: float) -> Seg:
         o = self._syn_opts(now, None)
+        self.adv_edge = max(self.adv_edge, min(0xFFFF, self.rcvbuf))
         return Seg(
             self.iss, 0, SYN, min(0xFFFF, self.rcvbuf), syn_opts=o, ts_val=o.ts_val, ts_ecr=0
         )
@@ -233,6 +243,7 @@ class ToyTCP:
 
     def _synack(self, now: float) -> Seg:
         o = self._syn_opts(now, self.peer_syn_opts)
+        self.adv_edge = max(self.adv_edge, min(0xFFFF, self.rcvbuf))
         return Seg(
             self.iss,
             seq.add(self.irs, 1),
@@ -306,18 +317,30 @@ class ToyTCP:
                 self.rtx_at = None
             else:
                 return []
+        off = seq.sub(s.seq, seq.add(self.irs, 1))
+        seg_len = len(s.payload) + (1 if s.flags & FIN else 0)
+        if off + seg_len < self.rcv_wup or off > max(self.rcv_nxt, self.adv_edge):
+            # Linux's tcp_sequence: the whole segment is dropped, its ack unseen; a dupack
+            # answers (for a pure ack at most every OOW_LIMIT: no ack loops)
+            if seg_len or now - self.last_oow >= OOW_LIMIT:
+                if not seg_len:
+                    self.last_oow = now
+                return [self._seg(now, max(self.nxt, 0), 0)]
+            return []
         out: list[Seg] = []
         if s.flags & ACK:
             a = seq.sub(s.ack, seq.add(self.iss, 1))
             if a > self.max_sent:
                 return []  # ack of unsent data: Linux drops the whole segment
+            if a < self.una - min(self.max_window, self.una):
+                return []  # an ack too old (RFC 5961 5.2): Linux drops the whole segment
             if a >= self.una:
                 if a > self.una:
                     self.una = a
                     self.rtx_at = now + self.rto if self.una < self.max_sent else None
                     self.nxt = max(self.nxt, self.una)
                 self.edge = a + (s.window << self.peer_ws)
-        off = seq.sub(s.seq, seq.add(self.irs, 1))
+                self.max_window = max(self.max_window, s.window << self.peer_ws)
         need_ack = False
         if s.payload:
             need_ack = True
@@ -333,8 +356,6 @@ class ToyTCP:
                 self.inbuf += new
                 self.history += new
                 self.rcv_nxt += len(new)
-        elif off < self.rcv_nxt:
-            need_ack = True  # window probe / old segment
         if s.flags & FIN:
             need_ack = True
             fin_off = off + len(s.payload)
@@ -578,9 +599,15 @@ class App:
             self._accept(now)
             return
         self.step_output(now)
-        if self.ops or self.closed:
+        if self.ops or self.closed or self._send_blocked:
             return
         self._read(now)
+
+    @property
+    def _send_blocked(self) -> bool:
+        """Like a blocking send into a full send buffer: no read until acks free room."""
+        k, cap = self.kconn, self.w.cfg.sndbuf
+        return cap is not None and k is not None and len(k.out) - max(k.una, 0) >= cap
 
     def _accept(self, now: float) -> None:
         w = self.w
@@ -841,6 +868,9 @@ class Config:
     max_steps: int = 20000
     mutations: frozenset[str] = frozenset()  # break the SSW glue on purpose (monitor tests)
     requests: tuple[bytes, ...] = REQUESTS
+    pipelined: bool = False  # the client sends every request at once, not one per answer
+    sndbuf: int | None = None  # the server blocks in write while this much is unacked
+    server_rcvbufs: tuple[int, ...] = ()  # per incarnation (default: rcvbuf)
 
 
 @dataclass
@@ -907,7 +937,7 @@ class World:
             iss=cfg.server_isns[i % len(cfg.server_isns)],
             mss=cfg.mss,
             wscale=cfg.server_ws[i % len(cfg.server_ws)],
-            rcvbuf=cfg.rcvbuf,
+            rcvbuf=(cfg.server_rcvbufs or (cfg.rcvbuf,))[i % max(1, len(cfg.server_rcvbufs))],
             ts_base=cfg.server_ts_bases[i % len(cfg.server_ts_bases)],
             rto=cfg.rto,
             sack_ok=True,
@@ -994,7 +1024,10 @@ class World:
         if orig is not None and orig.flags & ACK and not s.flags & SYN:
             kedge = seq.add(orig.ack, orig.window << conn.k_wscale)
             edge = seq.add(s.ack, s.window << conn.s_wscale)
-            if seq.gt(edge, kedge):
+            # a shut window at an ack the client already had (a refill's kernel is
+            # behind it) offers no buffer at all
+            offers = s.window > 0 or not seq.gt(s.ack, orig.ack)
+            if seq.gt(edge, kedge) and offers:
                 v.append(f"inv1: right edge {edge} beyond the kernel's {kedge}")
 
     def _monitor_step(self) -> None:
@@ -1021,7 +1054,7 @@ class World:
         c.read(len(c.inbuf))
         answered = bytes(c.history).count(b"\n")
         reqs = self.cfg.requests
-        while self.req_i < len(reqs) and answered >= self.req_i:
+        while self.req_i < len(reqs) and (self.cfg.pipelined or answered >= self.req_i):
             c.write(reqs[self.req_i])
             self.req_i += 1
         if self.req_i == len(reqs) and answered >= len(reqs) and not self.client_closed:

@@ -475,7 +475,10 @@ def test_rebuild_and_translate(c_isn: int, s_isn: int, n_isn: int) -> None:
     k = sseg(seq.add(n_isn, 1), seq.add(base, 8), window=10, now=2.2, ts_val=80)
     acts = c.handle(k)
     assert [a.segment.payload for a in of(acts, Fabricate)] == [b"rld"]
-    (d,) = of(acts, Deliver)
+    # its ack is behind the client's (11 bytes acked before the crash): nothing new for it
+    assert of(acts, Drop) and not of(acts, Deliver)
+    k = sseg(seq.add(n_isn, 1), seq.add(base, 11), window=10, now=2.25, ts_val=80)
+    (d,) = of(c.handle(k), Deliver)
     # outbound: seq + delta (client view is s_isn + 1 + 6), TSval moved past what the client saw
     assert eff(d, k, "seq") == seq.add(s_isn, 7)
     assert seq.gt(d.rewrite.ts_val, 5400)
@@ -541,6 +544,55 @@ def test_inbound_ack_kept_within_the_rebuilt_kernel() -> None:
     # the client acks bytes the old kernel sent but the new one has not regenerated yet
     (d,) = of(c.handle(cseg(1012, 9050)), Deliver)
     assert d.rewrite.ack == 51  # clamped to the new kernel's snd_nxt
+
+
+def test_client_segments_past_the_rebuilt_window_still_carry_their_acks() -> None:
+    """The rebuilt kernel's window is shut at 1007 (its first 6 bytes refilled); the
+    client, ahead, sends from 1012 on. Linux would drop those segments, acks unread:
+    a pure ack is moved to the window's edge, a data segment is dropped (the refill
+    brings its bytes) and its ack goes on alone in a pure ack at the edge."""
+    c = crashed()
+    plan = plan_recovery(_log(c, b"hello world"))
+    c.handle(Rebuild(2.0, plan))
+    c.handle(sseg(50, 1001, SYN | ACK, window=6, syn_opts=S_OPTS, now=2.1))  # 1001..1007
+    c.handle(sseg(51, 1007, window=0, plen=3, now=2.2))  # window shut, output 51..54
+    pure = cseg(1012, 9010, now=2.3)
+    (d,) = of(c.handle(pure), Deliver)
+    assert eff(d, pure, "seq") == 1007 and eff(d, pure, "ack") == 54
+    data = cseg(1012, 9010, payload=b"more", now=2.4)
+    acts = c.handle(data)
+    assert of(acts, Drop)[0].ident == data.ident and not of(acts, Deliver)
+    (f,) = of(acts, Fabricate)
+    assert f.direction is Direction.TO_SERVER
+    assert (f.segment.seq, f.segment.ack, f.segment.payload) == (1007, 54, b"")
+    assert of(acts, Log)  # logged all the same: the refill brings it
+    # inside the window: untouched
+    inside = cseg(1007, 9010, now=2.5)
+    (d,) = of(c.handle(inside), Deliver)
+    assert eff(d, inside, "seq") == 1007
+
+
+def test_refilled_kernel_acks_never_run_backwards_for_the_client() -> None:
+    """The client was acked 1012 before the crash; the rebuilt kernel, still refilled,
+    acks 1007. Its data goes out with the client's ack (1012), not 1007: an ack further
+    back than the largest window makes Linux drop the whole segment (RFC 5961 5.2)."""
+    c = crashed()
+    plan = plan_recovery(_log(c, b"hello world"))
+    c.handle(Rebuild(2.0, plan))
+    c.handle(sseg(50, 1001, SYN | ACK, window=6, syn_opts=S_OPTS, now=2.1))
+    assert c.k_wscale == 2
+    k = sseg(51, 1007, window=20, plen=3, now=2.2)  # the kernel's edge: 1007 + 80
+    (d,) = of(c.handle(k), Deliver)
+    assert eff(d, k, "ack") == 1012
+    assert eff(d, k, "window") == (1087 - 1012) >> c.s_wscale
+    # a pure ack still behind 1012 says nothing new (at most, a shrunk window): dropped
+    pure = sseg(54, 1008, window=1, now=2.3)
+    acts = c.handle(pure)
+    assert of(acts, Drop) and not of(acts, Deliver)
+    # data whose kernel edge is behind the client's ack: that ack, a shut window
+    shut = sseg(54, 1008, window=0, plen=2, now=2.4)
+    (d,) = of(c.handle(shut), Deliver)
+    assert (eff(d, shut, "ack"), eff(d, shut, "window")) == (1012, 0)
 
 
 def test_rebuild_refuses_a_log_behind_the_acks() -> None:

@@ -75,6 +75,28 @@ def test_crash_at_every_step(policy: str) -> None:
     assert recovered > n // 2  # most crash points needed a real recovery
 
 
+@pytest.mark.parametrize("policy", ["lazy", "conditional"])
+def test_crash_at_every_step_with_the_client_ahead(policy: str) -> None:
+    """The client sends every request at once and the server blocks in write while 100
+    bytes are unacked; the rebuilt kernel's receive buffer is smaller than the first
+    one's. After a crash the client is past the new kernel's window, and its pure acks
+    must still reach the kernel (Linux drops a segment past its window, ack unread):
+    otherwise the server blocks in write for good, its window shut."""
+    reqs = tuple(b"%d:" % i + b"y" * 90 + b"\n" for i in range(8))
+    cfg = Config(
+        seed=1, policy=policy, pipelined=True, sndbuf=100, requests=reqs, server_rcvbufs=(600, 200)
+    )
+    base = run(cfg)
+    assert ok(base), explain(base)
+    stalled = 0
+    for k in range(0, base.steps, 2):
+        cfg.crash_at, cfg.crash_kind = (k,), crash_kind
+        r = run(cfg)
+        assert ok(r), f"crash at step {k}: {explain(r)}"
+        stalled += r.fabricated.get("refill", 0) > 0
+    assert stalled > base.steps // 4  # most crash points refilled a rebuilt kernel
+
+
 @pytest.mark.parametrize("seed", [5, 8])
 def test_crash_during_recovery(seed: int) -> None:
     """A second crash while the first recovery is under way: recovery starts again."""

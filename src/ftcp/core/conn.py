@@ -509,6 +509,21 @@ class Connection:
     def refilling(self) -> bool:
         return self._rebuilt and not self._refill_done
 
+    def refill_view(self) -> dict[str, int] | None:
+        """Where a rebuilt connection's refill stands (kernel sequence space), for
+        `ftcp status`: None once the kernel has every logged byte."""
+        if not self.refilling or self.kernel_ack is None:
+            return None
+        return {
+            "kernel_ack": self.kernel_ack,
+            "kernel_window_edge": self.right_edge if self.right_edge is not None else -1,
+            "injected_to": self._inj_next,
+            "target": self._refill_target(),
+            "client_sent_to": self._client_max,
+            "kernel_una": self.kernel_una,
+            "kernel_snd_nxt": self.kernel_snd_nxt,
+        }
+
     def handle(self, ev: Input) -> list[Action]:
         """Feed one input; return the actions to carry out, in order."""
         match ev:
@@ -630,7 +645,10 @@ class Connection:
             if data_end is not None:  # what lies beyond the kernel's window may be dropped
                 edge = self.right_edge
                 self._kernel_has.add(ev.seq, data_end if edge is None else seq.min_(data_end, edge))
-            self._emit(Deliver(ev.ident, self._inbound_rewrite(ev)))
+            if self._past_kernel_window(ev):
+                self._ack_past_window(ev)
+            else:
+                self._emit(Deliver(ev.ident, self._inbound_rewrite(ev)))
             if trig is T.CLIENT_RESET and st is not State.CLOSED:
                 self._abandon("client reset")
         self._set_state(nxt)
@@ -679,10 +697,50 @@ class Connection:
         k = seq.min_(k, self.kernel_snd_nxt)
         return seq.max_(k, self.kernel_una)
 
+    def _past_kernel_window(self, ev: ClientSegment) -> bool:
+        """A client data segment that starts past the rebuilt kernel's window: the client
+        is ahead of the refill (and the new kernel's window is smaller than the old one's).
+        Linux drops such a segment whole, its ack unread."""
+        return (
+            self._rebuilt
+            and bool(ev.payload_len or ev.flags & FIN)
+            and not ev.flags & (SYN | RST)
+            and bool(ev.flags & ACK)
+            and self.right_edge is not None
+            and self.plan is not None
+            and seq.gt(ev.seq, self.right_edge)
+        )
+
+    def _ack_past_window(self, ev: ClientSegment) -> None:
+        """Its bytes are logged (the refill brings them); its ack goes on alone, in a pure
+        ack at the window's edge, or the server's output may never be acked: a server
+        blocked in write with its window shut waits for good."""
+        assert self.plan is not None and self.right_edge is not None
+        self._emit(Drop(ev.ident, "past the rebuilt kernel's window: the refill brings it"))
+        ack = self._kernel_view_ack(ev.ack)
+        self.kernel_una = seq.max_(self.kernel_una, ack)
+        ts_ecr = None
+        if ev.ts_ecr is not None:
+            ts_ecr = (ev.ts_ecr - self.ts_off) & seq.MASK
+        seg = self.plan.refill_segment(
+            self.right_edge, b"", ack, ev.window, ts_ecr, ts_val=self.client_ts_val
+        )
+        self._emit(Fabricate(Direction.TO_SERVER, seg, "ack of a segment past the window"))
+
     def _inbound_rewrite(self, ev: ClientSegment) -> Rewrite | None:
         if not self._rebuilt:
             return None
-        ack = sack = ts_ecr = None
+        ack = sack = ts_ecr = sq = None
+        if (
+            not ev.payload_len
+            and not ev.flags & (SYN | FIN | RST)
+            and self.right_edge is not None
+            and seq.gt(ev.seq, self.right_edge)
+        ):
+            # a pure ack past the rebuilt kernel's window (the client is ahead of the
+            # refill, and the new kernel's window is smaller than the old one's): Linux
+            # would drop it unread, ack included; its window's right edge is acceptable
+            sq = self.right_edge
         if ev.flags & ACK:
             k = self._kernel_view_ack(ev.ack)
             self.kernel_una = seq.max_(self.kernel_una, k)
@@ -700,7 +758,7 @@ class Connection:
                 sack = new
         if ev.ts_ecr is not None and self.ts_off:
             ts_ecr = (ev.ts_ecr - self.ts_off) & seq.MASK
-        rw = Rewrite(ack=ack, sack=sack, ts_ecr=ts_ecr)
+        rw = Rewrite(seq=sq, ack=ack, sack=sack, ts_ecr=ts_ecr)
         return None if rw.empty else rw
 
     # ------------------------------------------------------------ server -> client
@@ -824,6 +882,24 @@ class Connection:
                 self.ack_limit,
                 0 if syn else self.s_wscale,
             )
+            if seq.lt(ack, self.delivered_ack) and not syn:
+                # a rebuilt kernel still being refilled: the client was acked further
+                # already. An ack that runs backwards is ignored at best; further back than
+                # the largest window, Linux drops the whole segment, data included (RFC
+                # 5961 5.2). The client gets the ack it has, and the kernel's right edge.
+                edge = seq.add(ev.ack, ev.window << self.k_wscale)
+                ack = self.delivered_ack
+                win = min(MAX_WINDOW, max(0, seq.sub(edge, ack)) >> self.s_wscale)
+                new_edge = seq.add(ack, win << self.s_wscale)
+                if (
+                    not ev.seg_len
+                    and not f & RST
+                    and ev.seq == self.kernel_snd_nxt  # not a window probe
+                    and self.advertised_edge is not None
+                    and seq.le(new_edge, self.advertised_edge)
+                ):
+                    self._emit(Drop(ev.ident, "an old ack of the refill: nothing new to say"))
+                    return
             if ack != ev.ack:
                 new_ack = ack
             if win != ev.window:

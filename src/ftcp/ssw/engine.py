@@ -746,6 +746,7 @@ class Engine:
                     "unlogged_bytes": core.unlogged_bytes,
                     "logged_bytes": core.logged_bytes,
                     "finished": c.finished_at is not None,
+                    "refill": core.refill_view(),
                 }
             )
         return out
