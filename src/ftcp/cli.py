@@ -229,6 +229,14 @@ def status(state_dir: str, as_json: bool) -> None:
                 f"lag={c.get('unlogged_bytes')} B unstable_reads={c['unstable_reads']} "
                 f"stable_seq={c['stable_seq']} server_seq={c['server_seq']}"
             )
+            r = c.get("refill")
+            if r:  # a rebuilt connection still being refilled from the log
+                left = (r["target"] - r["kernel_ack"]) & 0xFFFFFFFF
+                shut = r["kernel_window_edge"] == r["kernel_ack"]
+                click.echo(
+                    f"    refill: {left} B of the log still to go into the rebuilt kernel"
+                    f"{' (its window is shut)' if shut else ''}"
+                )
 
 
 @main.command()
