@@ -20,6 +20,23 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 
+def children(pid: int) -> list[int]:
+    """The pids of `pid`'s children, whichever of its threads started them (an
+    application `ftcp run` started is a child of the spawn thread); [] once it is gone."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                out += [int(x) for x in f.read().split()]
+        except OSError:
+            continue
+    return out
+
+
 class Spawner:
     """Starts application processes from a worker thread of its own (`close` it)."""
 
@@ -93,3 +110,16 @@ class AppProcess:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+    async def stop(self, grace: float | None) -> None:
+        """End it: SIGTERM, then SIGKILL after `grace` seconds (None: SIGKILL at once);
+        returns once it is reaped."""
+        if self.returncode is not None:
+            return
+        if grace is not None:
+            self.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wait(), grace)
+                return
+        self.kill()
+        await self.wait()

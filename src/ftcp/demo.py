@@ -34,6 +34,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ftcp.appproc import children
 from ftcp.errors import UserError
 from ftcp.lab.services import start_logger
 
@@ -118,15 +119,6 @@ def _read_ftcp(p: subprocess.Popen, st: _State, log: Path) -> None:
                 st.event(f"[ftcp] {line.strip()}", style="bold red")
 
 
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    with contextlib.suppress(OSError):
-        for t in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                out += [int(x) for x in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
-    return out
-
-
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
@@ -184,7 +176,7 @@ def run_demo(name: str, nbytes: int = NBYTES, topology: str = TOPOLOGY) -> int:
                 got = st.rows.get("client", {}).get("received", 0)
                 if kills and got >= kills[0] * nbytes:
                     kills.pop(0)
-                    kids = _children(ftcp.pid)
+                    kids = children(ftcp.pid)
                     for pid in kids:
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(pid, signal.SIGKILL)

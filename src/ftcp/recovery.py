@@ -767,11 +767,8 @@ class Recovery:
 
 async def _stop(proc: AppProcess) -> None:
     """Kill an application started for a recovery that cannot go on."""
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(proc.wait(), 5)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.stop(None), 5)
 
 
 def _signame(rc: int) -> str:

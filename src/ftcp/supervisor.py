@@ -520,16 +520,7 @@ async def _refresh_status(
 
 
 async def _terminate(proc: AppProcess) -> None:
-    if proc.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.terminate()
-    try:
-        await asyncio.wait_for(proc.wait(), STOP_GRACE)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
+    await proc.stop(STOP_GRACE)
 
 
 def read_status(state_dir: str) -> list[dict]:

@@ -15,23 +15,10 @@ from typing import Any
 
 from ithelpers import Capture, Env, Protected, read_trace, server_acks, wait_until
 
+from ftcp.appproc import children
 from ftcp.core import seq
 
 CRASHAPPS = str(Path(__file__).with_name("crashapps.py"))
-
-
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for t in tasks:
-        try:
-            out += [int(x) for x in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
-        except OSError:
-            continue
-    return out
 
 
 def descendants(pid: int) -> list[int]:

@@ -7,10 +7,11 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from ftcp.appproc import Spawner
+from ftcp.appproc import Spawner, children
 
 
 def _run(coro):  # type: ignore[no-untyped-def]
@@ -112,3 +113,46 @@ def test_cancelled_while_starting_leaves_no_process() -> None:
         return alive
 
     assert _run(go()) == 0
+
+
+def test_stop_terminates_then_kills_after_the_grace() -> None:
+    """`stop(grace)`: SIGTERM; a process that ignores it is killed after `grace`;
+    `stop(None)` kills at once; stopping an ended process does nothing."""
+    ignores = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    ignores += "time.sleep(60)"
+
+    async def go() -> tuple[int, int, int, int]:
+        sp = Spawner()
+        try:
+            sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+            polite = await sp.start(sleeper, os.environ)
+            deaf = await sp.start([sys.executable, "-c", ignores], os.environ)
+            await asyncio.sleep(0.5)  # the handler is in place
+            await polite.stop(5.0)
+            await deaf.stop(0.2)
+            brute = await sp.start(sleeper, os.environ)
+            await brute.stop(None)
+            await brute.stop(None)  # already reaped: nothing
+            return polite.returncode, deaf.returncode, brute.returncode, await brute.wait()
+        finally:
+            sp.close()
+
+    assert _run(go()) == (-signal.SIGTERM, -signal.SIGKILL, -signal.SIGKILL, -signal.SIGKILL)
+
+
+def test_children_counts_those_of_every_thread() -> None:
+    """The application is a child of the spawn thread, not of the main one."""
+
+    async def go() -> tuple[bool, bool]:
+        sp = Spawner()
+        try:
+            p = await sp.start([sys.executable, "-c", "import time; time.sleep(60)"], os.environ)
+            main_only = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text()
+            found = p.pid in children(os.getpid())
+            await p.stop(None)
+            return found, str(p.pid) in main_only.split()
+        finally:
+            sp.close()
+
+    assert _run(go()) == (True, False)
+    assert children(2**22 + 12345) == []  # no such process

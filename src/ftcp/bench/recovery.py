@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftcp.appproc import children
 from ftcp.lab.services import start_logger
 
 if TYPE_CHECKING:
@@ -121,16 +122,6 @@ def client(host: str, port: int, nbytes: int) -> None:
 # --- the driver -----------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for t in os.listdir(f"/proc/{pid}/task"):
-        try:
-            out += [int(x) for x in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
-        except OSError:
-            continue
-    return out
-
-
 def _env(extra: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent.parent)
@@ -201,7 +192,7 @@ def run_in_lab(
         if "loaded" not in line:
             raise RuntimeError(f"client: {line!r}; {(work / 'ftcp.err').read_text()[-2000:]}")
         time.sleep(0.3)  # the last read results reach the logger
-        app = _children(srv.pid)
+        app = children(srv.pid)
         os.kill(app[0], signal.SIGKILL)
         cl.stdin.write("go\n")
         cl.stdin.flush()

@@ -691,41 +691,57 @@ class Agent:
                     # Killed while it waited for our ack: its real close never ran, its
                     # death released the socket. Never the application's close.
                     final = False
-                    if c.crashed is None:
-                        c.crashed = s.info
-                    if self._orphaned(c):
-                        self.handler.on_session_end(c.crashed, [c.conn_id])
+                    self._died_holding(s, c)
                 elif c.holders or c.pending:
                     final = False  # another process holds it (or may: a child not heard from)
                 elif c.crashed is not None:
                     final = False  # a holder died holding it: a crash, not the app's close
-                    if self._orphaned(c):
-                        self.handler.on_session_end(c.crashed, [c.conn_id])
+                    self._died_holding(s, c)
                 elif c.shared and c.fd is not None:
                     self._pause_until(s, self._close_if_unheld(s, msg, c))
                     return
         if not final or c is None:
             self._send(s, proto.ack(msg.conn_id))
             return
-        res = self.handler.on_close(msg.conn_id, msg.how, msg.wtotal, msg.wcrc)
+        later = self._final_close(s, msg)
+        if later is not None:
+            self._pause_until(s, later)
+
+    def _died_holding(self, s: _Session, c: _Conn) -> None:
+        """A process died holding `c` (`s`'s, unless an earlier death is known): once
+        nothing else may hold it, the connection crashed."""
+        if c.crashed is None:
+            c.crashed = s.info
+        if self._orphaned(c):
+            self.handler.on_session_end(c.crashed, [c.conn_id])
+
+    def _final_close(self, s: _Session, msg: proto.CloseMsg) -> Awaitable[None] | None:
+        """The application's own close: the handler's `on_close`, then (a full close)
+        the connection dropped, and the shim's ack. When the handler's answer is
+        awaitable, the rest waits for it: the coroutine to run is returned."""
 
         def finish() -> None:
             if msg.how == How.CLOSE:
                 self.drop(msg.conn_id)
             self._send(s, proto.ack(msg.conn_id))
 
-        if inspect.isawaitable(res):
-            awaitable = res
-
-            async def later() -> None:
-                try:
-                    await awaitable
-                finally:
-                    finish()
-
-            self._pause_until(s, later())
-        else:
+        try:
+            res = self.handler.on_close(msg.conn_id, msg.how, msg.wtotal, msg.wcrc)
+        except BaseException:
             finish()
+            raise
+        if not inspect.isawaitable(res):
+            finish()
+            return None
+        awaitable = res
+
+        async def later() -> None:
+            try:
+                await awaitable
+            finally:
+                finish()
+
+        return later()
 
     async def _close_if_unheld(self, s: _Session, msg: proto.CloseMsg, c: _Conn) -> None:
         """The application closed a socket that processes without a session may hold
@@ -741,10 +757,7 @@ class Agent:
             self._send(s, proto.ack(cid))
             return
         if self._dying(s):  # killed during the scan: its death, not its close
-            if c.crashed is None:
-                c.crashed = s.info
-            if self._orphaned(c):
-                self.handler.on_session_end(c.crashed, [cid])
+            self._died_holding(s, c)
             self._send(s, proto.ack(cid))
             return
         if others or c.holders or c.pending or c.crashed is not None:
@@ -752,13 +765,9 @@ class Agent:
                 log.debug("conn %d still held by %s", cid, sorted(others))
             self._send(s, proto.ack(cid))
             return
-        try:
-            res = self.handler.on_close(cid, msg.how, msg.wtotal, msg.wcrc)
-            if inspect.isawaitable(res):
-                await res
-        finally:
-            self.drop(cid)
-            self._send(s, proto.ack(cid))
+        later = self._final_close(s, msg)
+        if later is not None:
+            await later
 
     def _close_session(self, s: _Session, *, notify: bool = True) -> None:
         if s.closed:
