@@ -712,11 +712,12 @@ class Connection:
         )
 
     def _ack_past_window(self, ev: ClientSegment) -> None:
-        """Its bytes are logged (the refill brings them); its ack goes on alone, in a pure
-        ack at the window's edge, or the server's output may never be acked: a server
-        blocked in write with its window shut waits for good."""
+        """The kernel would drop it (its bytes are logged: the refill brings them, or the
+        client sends them again, never acked); its ack goes on alone, in a pure ack at
+        the window's edge, or the server's output may never be acked: a server blocked
+        in write with its window shut waits for good."""
         assert self.plan is not None and self.right_edge is not None
-        self._emit(Drop(ev.ident, "past the rebuilt kernel's window: the refill brings it"))
+        self._emit(Drop(ev.ident, "past the rebuilt kernel's window: its ack goes alone"))
         ack = self._kernel_view_ack(ev.ack)
         self.kernel_una = seq.max_(self.kernel_una, ack)
         ts_ecr = None
