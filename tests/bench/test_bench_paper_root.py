@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ftcp.bench import paper
 from ftcp.bench import published as pub
 from ftcp.bench.stats import MomentSums, SumStats
 
@@ -118,11 +119,13 @@ def test_bench_paper_quick_10_100(tmp_path: Path) -> None:
     assert NM not in t5
     assert "Table V" not in report.split("## Not measured, and why", 1)[1]
     assert doc["recovery_runs"] == 2  # --quick: as many runs as the other tables
-    assert set(doc["recovery"]) == {"10-100", "local", "10-100 repair", "local repair"}
+    assert set(doc["recovery"]) == {
+        "10-100", "local", "local-nice", "10-100 repair", "local repair", "local-nice repair"
+    }  # fmt: skip
     assert "10-10" not in doc["recovery"]  # only setups of the measured topologies
     t5rows = {}  # (setup, restore) -> cells
     for line in t5.splitlines():
-        if line.startswith(("| 10-100 |", "| Local |")):
+        if line.startswith(("| 10-100 |", "| Local |", "| Local, logger nice −10 |")):
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             t5rows[(cells[0], cells[1])] = cells
     for key, e in doc["recovery"].items():
@@ -138,7 +141,7 @@ def test_bench_paper_quick_10_100(tmp_path: Path) -> None:
         reads = [smp["replay_s"] * 1e3 / smp["reads"] for smp in samples]
         assert s["read_ms"] == pytest.approx(sum(reads) / 2, rel=1e-9)
         label = restore if restore == "handshake" else f"{restore}†"  # † not in the paper
-        row = t5rows[("Local" if setup == "local" else setup, label)]
+        row = t5rows[(paper.SETUP_NAMES.get(setup, setup), label)]
         assert row[2] == f"{s['restart_ms']:.2f} ± {s['restart_ci_ms']:.2f}"
         assert row[4] == f"{s['replay_s'] * 1e3:.2f} ± {s['replay_ci_s'] * 1e3:.2f}"
         assert row[6] == f"{s['read_ms']:.4f} ± {s['read_ci_ms']:.4f}"

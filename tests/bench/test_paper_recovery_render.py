@@ -86,6 +86,9 @@ def test_table_v_rows_ours_next_to_the_papers() -> None:
     assert local[7] == "0.039 ± 0.0002"
     assert local[11] == "3"
     assert rows[("10-10", "handshake")][5] == "2571.00 ± 2.01"
+    # the local logger run ahead of the host (not in the paper): next to the paper's Local
+    nice = [ln for ln in t5.splitlines() if ln.startswith("| Local, logger nice −10 | handshake |")]
+    assert len(nice) == 1 and "| 56.00 ± 0.25 |" in nice[0]
     # repair: extra rows, marked, no paper values
     rep = rows[("10-100", "repair†")]
     assert rep[3] == rep[5] == rep[7] == "—"

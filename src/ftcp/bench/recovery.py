@@ -154,17 +154,19 @@ def run_in_lab(
     port: int,
     logger_port: int,
     work: Path,
+    *,
+    logger_nice: int = 0,
 ) -> dict[str, Any]:
     """One crash in an existing lab: a logger (in the logger host, or in the server host
-    when `local_logger`), the workload server under `ftcp run --restore <restore>` on
-    `port`, one client uploading `nbytes`; kill -9 of the application once all is
-    logged; the recovery's timings. Every process started here is stopped on return;
-    `work` (scratch) is left to the caller."""
+    when `local_logger`; at nice `logger_nice`), the workload server under `ftcp run
+    --restore <restore>` on `port`, one client uploading `nbytes`; kill -9 of the
+    application once all is logged; the recovery's timings. Every process started
+    here is stopped on return; `work` (scratch) is left to the caller."""
     procs: list[subprocess.Popen] = []
     try:
         lhost = "server" if local_logger else "logger"
         lip = "127.0.0.1" if local_logger else lab.ip("logger")
-        procs.append(start_logger(lab, lhost, lip, logger_port, work / "log"))
+        procs.append(start_logger(lab, lhost, lip, logger_port, work / "log", nice=logger_nice))
         timing = work / "timing.jsonl"
         reads_file = work / "reads.txt"
         iface = ["--iface", lab.ifname("server")] if local_logger else []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,11 +21,13 @@ def start_logger(
     *,
     log: Path | None = None,
     extra: Sequence[str] = (),
+    nice: int = 0,
 ) -> subprocess.Popen[bytes]:
     """`ftcp logger --insecure` in `host`, listening on `ip:port`; returns once it listens.
 
     Its stderr goes to `log` (or nowhere). A logger that does not come up is
     stopped and reported with a `RuntimeError` carrying the tail of its log.
+    `nice`: the nice value every thread of it runs at (as `nice -n` would give).
     """
     err: IO[bytes] | int = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
     try:
@@ -42,4 +45,7 @@ def start_logger(
         p.wait()
         tail = log.read_text(errors="replace")[-2000:] if log else ""
         raise RuntimeError(f"ftcp logger did not start in {host}: {line.strip()!r} {tail}")
+    if nice:
+        for tid in os.listdir(f"/proc/{p.pid}/task"):
+            os.setpriority(os.PRIO_PROCESS, int(tid), nice)
     return p
