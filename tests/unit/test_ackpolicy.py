@@ -160,3 +160,14 @@ def test_make_policy() -> None:
     assert make_policy("lazy").name == "lazy"
     with pytest.raises(ValueError, match="unknown ack strategy"):
         make_policy("sloppy")
+
+
+def test_kernel_acks_behind_a_fabricated_one_go_on_unchanged() -> None:
+    """Eager acked the logged bytes itself; the kernel's own (older) acks of them still
+    reach the client as they are (only a rebuilt kernel's refill changes old acks)."""
+    c = established(policy=make_policy("eager"))
+    c.handle(cseg(1001, 9001, ACK | PSH, b"x" * 20))
+    assert of(c.handle(LoggerAck(0.0, 1021)), Fabricate)  # the client is acked 1021
+    k = sseg(9001, 1011, window=100)  # the kernel acks the first half only
+    (d,) = of(c.handle(k), Deliver)
+    assert d.rewrite is None or d.rewrite.ack is None  # its own ack, not 1021

@@ -883,11 +883,13 @@ class Connection:
                 self.ack_limit,
                 0 if syn else self.s_wscale,
             )
-            if seq.lt(ack, self.delivered_ack) and not syn:
+            if self.refilling and seq.lt(ack, self.delivered_ack) and not syn:
                 # a rebuilt kernel still being refilled: the client was acked further
-                # already. An ack that runs backwards is ignored at best; further back than
-                # the largest window, Linux drops the whole segment, data included (RFC
-                # 5961 5.2). The client gets the ack it has, and the kernel's right edge.
+                # already. An ack that runs backwards is ignored at best; further back
+                # than the largest window, Linux drops the whole segment, data included
+                # (RFC 5961 5.2). The client gets the ack it has, and the kernel's right
+                # edge. (Not otherwise: an ack strategy's fabricated acks run ahead of
+                # the kernel's by a logging delay, and those kernel acks go on as ever.)
                 edge = seq.add(ev.ack, ev.window << self.k_wscale)
                 ack = self.delivered_ack
                 win = min(MAX_WINDOW, max(0, seq.sub(edge, ack)) >> self.s_wscale)
