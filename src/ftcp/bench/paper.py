@@ -343,7 +343,7 @@ class RecoveryContext:
 
     lab: Lab
     setup: str  # "10-10", "10-100", "local" or "local-nice" (logger in the server host)
-    logger_host: str  # "logger", or "server" for "local"
+    logger_host: str  # "logger", or "server" for the local setups
     port: int
     logger_port: int
     work: Path
@@ -647,7 +647,12 @@ def measure_topology(
 
 def recovery_setups(topologies: Sequence[str]) -> list[str]:
     """Table V rows for the topologies measured (Local rides the 10-100 lab)."""
-    return [s for s in pub.RECOVERY_SETUPS if s.startswith("local") or s in topologies]
+    return [s for s in pub.RECOVERY_SETUPS if _local(s) or s in topologies]
+
+
+def _local(setup: str) -> bool:
+    """A Table V setup whose logger runs in the server's host (it rides the 10-100 lab)."""
+    return setup.startswith("local")
 
 
 def recovery_key(setup: str, restore: str) -> str:
@@ -681,7 +686,7 @@ def measure_recovery(
     result: dict[str, Any] = {}
     by_topo: dict[str, list[tuple[str, str]]] = {}
     for s, r in keys:  # one lab per topology: Local rides the 10-100 lab
-        by_topo.setdefault("10-100" if s.startswith("local") else s, []).append((s, r))
+        by_topo.setdefault("10-100" if _local(s) else s, []).append((s, r))
     for topo, cells in by_topo.items():
         lab = net.up(topo, "r" + secrets.token_hex(4)[:7])
         try:
@@ -697,7 +702,7 @@ def measure_recovery(
                     work.mkdir(parents=True, exist_ok=True)
                     off = 100 + 40 * cell + i
                     ctx = RecoveryContext(
-                        lab, setup, "server" if setup.startswith("local") else "logger",
+                        lab, setup, "server" if _local(setup) else "logger",
                         SERVER_PORT_BASE + off, LOGGER_PORT_BASE + off, work,
                         restore=restore, logger_nice=pub.LOGGER_NICE.get(setup, 0),
                     )  # fmt: skip

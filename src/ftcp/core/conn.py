@@ -718,11 +718,9 @@ class Connection:
         in write with its window shut waits for good."""
         assert self.plan is not None and self.right_edge is not None
         self._emit(Drop(ev.ident, "past the rebuilt kernel's window: its ack goes alone"))
-        ack = self._kernel_view_ack(ev.ack)
-        self.kernel_una = seq.max_(self.kernel_una, ack)
-        ts_ecr = None
-        if ev.ts_ecr is not None:
-            ts_ecr = (ev.ts_ecr - self.ts_off) & seq.MASK
+        rw = self._inbound_rewrite(ev)  # the ack and TSecr in the kernel's view
+        ack = rw.ack if rw is not None and rw.ack is not None else ev.ack
+        ts_ecr = rw.ts_ecr if rw is not None and rw.ts_ecr is not None else ev.ts_ecr
         seg = self.plan.refill_segment(
             self.right_edge, b"", ack, ev.window, ts_ecr, ts_val=self.client_ts_val
         )
