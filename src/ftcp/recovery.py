@@ -343,6 +343,11 @@ class Recovery:
         """A recovery is under way (SYNs are held)."""
         return self.engine.syn_gate is not None
 
+    def transfer(self) -> asyncio.Future[None] | None:
+        """The rest of a log transfer under way (done when the answer is all in), or None."""
+        f = self._fetching
+        return None if f is None or f.done() else f
+
     def status(self) -> dict[str, Any]:
         return {
             "crashes": self.crashes,

@@ -20,6 +20,26 @@ def test_listening_sees_a_listener_and_not_a_closed_one() -> None:
         assert not sockdiag.listening(port)
 
 
+def test_a_dump_larger_than_one_recv_comes_whole() -> None:
+    # 300 listeners with their tcp_info: ~100 KB of answer, more than one recv (and
+    # one kernel message) holds: every one of them is seen
+    INET_DIAG_INFO = 2
+    lst = [socket.create_server(("127.0.0.1", 0)) for _ in range(300)]
+    try:
+        ports = {s.getsockname()[1] for s in lst}
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, sockdiag.NETLINK_SOCK_DIAG) as nl:
+            msgs = list(
+                sockdiag.dump(
+                    nl, socket.AF_INET, 1 << sockdiag.TCP_LISTEN, 1 << (INET_DIAG_INFO - 1)
+                )
+            )
+        assert sum(len(m) for m in msgs) > sockdiag.RECV_SIZE
+        assert ports <= {struct.unpack_from("!H", m, 4)[0] for m in msgs}
+    finally:
+        for s in lst:
+            s.close()
+
+
 def test_dump_filters_by_state() -> None:
     lst = socket.create_server(("127.0.0.1", 0))
     port = lst.getsockname()[1]

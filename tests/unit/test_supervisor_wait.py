@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ftcp.supervisor import _next_event
+from ftcp.supervisor import _next_event, _status_after
 
 
 def test_death_is_seen_before_the_tick() -> None:
@@ -36,3 +36,23 @@ def test_stop_request_and_tick() -> None:
         return not idle, stopper in stopped, waiter not in stopped
 
     assert all(asyncio.run(go()))
+
+
+def test_status_waits_for_a_log_transfer_under_way() -> None:
+    async def go() -> list[str]:
+        loop = asyncio.get_running_loop()
+        written: list[str] = []
+        _status_after(None, lambda: written.append("idle"))  # no transfer: at once
+        transfer: asyncio.Future[None] = loop.create_future()
+        _status_after(transfer, lambda: written.append("after"))
+        await asyncio.sleep(0)
+        assert written == ["idle"]  # not while the log comes in
+        transfer.set_result(None)
+        await asyncio.sleep(0)
+        ended: asyncio.Future[None] = loop.create_future()
+        _status_after(ended, lambda: written.append("cancelled"))
+        ended.cancel()  # the run is ending: no status file after its removal
+        await asyncio.sleep(0)
+        return written
+
+    assert asyncio.run(go()) == ["idle", "after"]
