@@ -143,6 +143,34 @@ def test_conditional_uses_the_last_covered_packet() -> None:
     assert p.on_stable(view, 1020, 1025) is None  # S (ends 1030) is not covered yet
 
 
+def test_conditional_acks_a_hole_filled_by_a_retransmission() -> None:
+    # 1001..1011 is lost on the way; 1011..1031 arrives, then the client's retransmission
+    # fills the hole and the kernel acks all of it (clamped: nothing is logged yet). The
+    # logger's acknowledgement covers the three packets; the one that arrived last is the
+    # retransmission, TCP tried to ack it and nothing came after it: Conditional acks.
+    # (It used to pick the covered packet with the highest sequence number, which arrived
+    # before the retransmission, and stay silent: on 10-shared the client then waited for
+    # its RTO and resent bytes the server had, D-SACKed, for 0.3-1.6 s at a time.)
+    c = established(policy=Conditional())
+    c.handle(cseg(1011, 9001, ACK | PSH, b"y" * 10))
+    c.handle(cseg(1021, 9001, ACK | PSH, b"z" * 10))
+    c.handle(cseg(1001, 9001, ACK | PSH, b"x" * 10))
+    assert acks_to_client(c.handle(sseg(9001, 1031))) == [("deliver", 1001)]
+    (f,) = of(c.handle(LoggerAck(0.0, 1031)), Fabricate)
+    assert f.segment.ack == 1031
+
+
+def test_conditional_waits_while_a_later_arrival_is_unlogged() -> None:
+    # the same, but the retransmission is not yet covered: a later arrival is pending,
+    # so the covered packets' acknowledgement fabricates nothing
+    c = established(policy=Conditional())
+    c.handle(cseg(1011, 9001, ACK | PSH, b"y" * 10))
+    c.handle(cseg(1001, 9001, ACK | PSH, b"x" * 10))
+    c.handle(sseg(9001, 1021))
+    c.handle(cseg(1021, 9001, ACK | PSH, b"z" * 10))  # arrives after the kernel's ack
+    assert not of(c.handle(LoggerAck(0.0, 1021)), Fabricate)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_strategies_across_the_wrap(name: str) -> None:
     c = established(c_isn=seq.MASK - 4, s_isn=seq.MASK, policy=make_policy(name))

@@ -31,8 +31,9 @@ class AckView:
 
     `kernel_ack`: highest ack the server's TCP has put on a segment (None: none yet).
     `delivered_ack`: highest ack the client has been sent.
-    `kernel_has`: end of the instream prefix SSW handed to the server's TCP
-    (an ack beyond it would acknowledge bytes the server's TCP does not hold).
+    `kernel_has`: end of the instream prefix SSW handed to the server's TCP in order,
+    or that TCP acknowledged (an ack beyond it would acknowledge bytes the server's
+    TCP may not hold).
     `right_edge`: the server TCP's latest right window edge (None: unknown).
     `ip_packets`: client packets seen from IP so far (a counter).
     """
@@ -108,8 +109,10 @@ class Eager(AckPolicy):
 class Conditional(AckPolicy):
     """Fabricate only if TCP already tried to ack S and no packet arrived since S.
 
-    S is the last data-carrying client packet the acknowledgement covers (the
-    paper: only the last acknowledgement of a batch can trigger).
+    S is the data-carrying client packet that arrived last among those the
+    acknowledgement covers (the paper: only the last acknowledgement of a batch can
+    trigger). After a loss that is the retransmission that filled the hole, not
+    the packet with the highest sequence number (which arrived before it).
     """
 
     name: ClassVar[str] = "conditional"
@@ -124,10 +127,9 @@ class Conditional(AckPolicy):
     def on_stable(self, view: AckView, old: int, new: int) -> int | None:
         last: tuple[int, int] | None = None
         keep: deque[tuple[int, int]] = deque()
-        for end, count in self._pending:
+        for end, count in self._pending:  # in arrival order
             if seq.le(end, new):
-                if last is None or seq.ge(end, last[0]):
-                    last = (end, count)
+                last = (end, count)
             else:
                 keep.append((end, count))
         self._pending = keep

@@ -311,11 +311,13 @@ def clamp_ack_window(
 
 
 class _Coverage:
-    """End of the instream prefix handed to the server's TCP *in order*.
+    """End of the instream prefix handed to the server's TCP *in order*, or
+    acknowledged by it.
 
     A segment extends the prefix only if it starts at or before the current end
     when it is handed over: a TCP keeps in-order in-window data, but may drop
-    out-of-order data (so ranges that arrived early are not counted later).
+    out-of-order data (so ranges that arrived early are not counted later, until
+    the TCP's own cumulative ack covers them).
     """
 
     __slots__ = ("end",)
@@ -837,6 +839,10 @@ class Connection:
         scale = 0 if ev.flags & SYN else self.k_wscale
         self.kernel_ack = k if self.kernel_ack is None else seq.max_(self.kernel_ack, k)
         self.right_edge = seq.add(k, ev.window << scale)
+        if not ev.flags & SYN:
+            # a cumulative ack is never taken back: the kernel holds everything below
+            # it, early arrivals included (a hole filled by a retransmission)
+            self._kernel_has.add(self._kernel_has.end, k)
 
     def _server_live(self, ev: ServerSegment) -> None:
         self._note_kernel_ack(ev)
