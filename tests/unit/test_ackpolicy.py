@@ -160,6 +160,20 @@ def test_conditional_acks_a_hole_filled_by_a_retransmission() -> None:
     assert f.segment.ack == 1031
 
 
+def test_conditional_acks_when_tcp_answered_the_packets_past_a_hole() -> None:
+    # S is logged; the client's next packet lies past a hole (1011..1021 lost) and the
+    # kernel answered it (a duplicate ack, clamped). No logger acknowledgement covers
+    # it until the hole is filled, and the kernel will not ack again: Conditional
+    # acks S. (It used to wait: the client, its window spent, waited for its RTO.)
+    c = established(policy=Conditional())
+    c.handle(cseg(1001, 9001, ACK | PSH, b"x" * 10))
+    c.handle(sseg(9001, 1011))
+    c.handle(cseg(1021, 9001, ACK | PSH, b"z" * 10))
+    c.handle(sseg(9001, 1011))  # the kernel's duplicate ack (its SACK names 1021..1031)
+    (f,) = of(c.handle(LoggerAck(0.0, 1011)), Fabricate)
+    assert f.segment.ack == 1011
+
+
 def test_conditional_waits_while_a_later_arrival_is_unlogged() -> None:
     # the same, but the retransmission is not yet covered: a later arrival is pending,
     # so the covered packets' acknowledgement fabricates nothing

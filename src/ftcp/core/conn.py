@@ -403,6 +403,7 @@ class Connection:
         self._server_fin_end: int | None = None  # client view: end of the server's FIN
         self.advertised_edge: int | None = None  # right edge last advertised to the client
         self.kernel_ack: int | None = None  # highest ack the server's TCP tried
+        self.kernel_ack_packets = 0  # `ip_packets` when the server's TCP last acked
         self.right_edge: int | None = None  # the server TCP's latest right edge
         self._kernel_has = _Coverage(0)
         self.kernel_snd_nxt = 0  # kernel view
@@ -838,6 +839,7 @@ class Connection:
         k = ev.ack
         scale = 0 if ev.flags & SYN else self.k_wscale
         self.kernel_ack = k if self.kernel_ack is None else seq.max_(self.kernel_ack, k)
+        self.kernel_ack_packets = self.ip_packets
         self.right_edge = seq.add(k, ev.window << scale)
         if not ev.flags & SYN:
             # a cumulative ack is never taken back: the kernel holds everything below
@@ -1013,6 +1015,7 @@ class Connection:
             kernel_has=self._kernel_has.end,
             right_edge=self.right_edge,
             ip_packets=self.ip_packets,
+            kernel_ack_packets=self.kernel_ack_packets,
         )
         ack = self.policy.on_stable(view, old, limit)
         if ack is not None:
