@@ -117,12 +117,13 @@ class Conditional(AckPolicy):
     trigger). After a loss that is the retransmission that filled the hole, not
     the packet with the highest sequence number (which arrived before it).
 
-    "No packet arrived since S" is there so that TCP's own next ack carries the news.
-    Packets that arrived since S and that TCP has already answered (its acks went
-    out clamped: data past a hole, which no logger acknowledgement covers until the
-    hole is filled) bring no further ack: if TCP has answered every packet that came,
-    Conditional acks. Otherwise the client, its window spent, waited for its RTO and
-    resent bytes the server had (seen on 10-shared: 0.4-1.6 s stalls, D-SACKed).
+    "No packet arrived since S" is there because TCP's next ack, or the logger's
+    acknowledgement of the later packet, will carry the news. Neither comes for data
+    past a hole that TCP has already answered (its acks went out clamped, and no
+    logger acknowledgement covers that data until the hole is filled): when TCP has
+    answered every packet that came and holds nothing in order past the logged
+    prefix, Conditional acks. It used to wait: the client, its window spent, waited
+    for its RTO and resent bytes the server had (10-shared: 0.4-1.6 s, D-SACKed).
     """
 
     name: ClassVar[str] = "conditional"
@@ -146,8 +147,12 @@ class Conditional(AckPolicy):
         if last is None:
             return None
         end, count = last
-        if view.ip_packets != count and view.kernel_ack_packets != view.ip_packets:
-            return None  # something arrived from IP since S, and TCP has yet to answer it
+        if view.ip_packets != count and (  # something arrived from IP since S
+            view.kernel_ack_packets != view.ip_packets  # TCP has yet to answer it
+            or view.kernel_ack is None
+            or seq.gt(view.kernel_ack, new)  # in order: the logger covers it next
+        ):
+            return None
         if view.kernel_ack is None or seq.lt(view.kernel_ack, end):  # TCP has not tried
             return None
         if seq.ge(view.delivered_ack, end):  # the client already has this ack
