@@ -174,6 +174,20 @@ def test_conditional_acks_when_tcp_answered_the_packets_past_a_hole() -> None:
     assert f.segment.ack == 1011
 
 
+def test_conditional_leaves_an_in_order_later_packet_to_its_own_logging() -> None:
+    # no loss: S is logged while the next packet, in order and already acked (clamped)
+    # by the kernel, is not yet; that packet's own logging will trigger, as the paper's
+    # rule has it, so S's does not (else Conditional acks as often as Eager)
+    c = established(policy=Conditional())
+    c.handle(cseg(1001, 9001, ACK | PSH, b"x" * 10))
+    c.handle(sseg(9001, 1011))
+    c.handle(cseg(1011, 9001, ACK | PSH, b"y" * 10))
+    c.handle(sseg(9001, 1021))
+    assert not of(c.handle(LoggerAck(0.0, 1011)), Fabricate)
+    (f,) = of(c.handle(LoggerAck(0.0, 1021)), Fabricate)
+    assert f.segment.ack == 1021
+
+
 def test_conditional_waits_while_a_later_arrival_is_unlogged() -> None:
     # the same, but the retransmission is not yet covered: a later arrival is pending,
     # so the covered packets' acknowledgement fabricates nothing
