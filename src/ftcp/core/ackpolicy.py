@@ -147,13 +147,12 @@ class Conditional(AckPolicy):
         if last is None:
             return None
         end, count = last
+        if view.kernel_ack is None or seq.lt(view.kernel_ack, end):  # TCP has not tried
+            return None
         if view.ip_packets != count and (  # something arrived from IP since S
             view.kernel_ack_packets != view.ip_packets  # TCP has yet to answer it
-            or view.kernel_ack is None
             or seq.gt(view.kernel_ack, new)  # in order: the logger covers it next
         ):
-            return None
-        if view.kernel_ack is None or seq.lt(view.kernel_ack, end):  # TCP has not tried
             return None
         if seq.ge(view.delivered_ack, end):  # the client already has this ack
             return None
