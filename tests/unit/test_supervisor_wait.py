@@ -42,15 +42,18 @@ def test_status_waits_for_a_log_transfer_under_way() -> None:
     async def go() -> list[str]:
         loop = asyncio.get_running_loop()
         written: list[str] = []
-        _status_after(None, lambda: written.append("idle"))  # no transfer: at once
+        waits: set[asyncio.Future[None]] = set()
+        _status_after(None, lambda: written.append("idle"), waits)  # no transfer: at once
         transfer: asyncio.Future[None] = loop.create_future()
-        _status_after(transfer, lambda: written.append("after"))
+        for _ in range(3):  # three loop turns during one transfer: one write after it
+            _status_after(transfer, lambda: written.append("after"), waits)
         await asyncio.sleep(0)
         assert written == ["idle"]  # not while the log comes in
         transfer.set_result(None)
         await asyncio.sleep(0)
+        assert not waits
         ended: asyncio.Future[None] = loop.create_future()
-        _status_after(ended, lambda: written.append("cancelled"))
+        _status_after(ended, lambda: written.append("cancelled"), waits)
         ended.cancel()  # the run is ending: no status file after its removal
         await asyncio.sleep(0)
         return written
