@@ -1066,9 +1066,8 @@ recovers it; the figures are the supervisor's own timestamps. {runs} runs per ce
 * **Local**: logger in the server's host (loopback), client on the 10-100 lab.
   **Local, logger nice −10**: the same with the logger's process 10 nice levels ahead
   of the rest of the host (`nice -n -10 ftcp logger ...`), as the README recommends
-  for a logger sharing the server's host: it answers the recovery without waiting
-  for the restarting server's start-up to yield a core. The paper's values shown
-  next to it are its Local ones.
+  for a logger sharing the server's host (so that a busy server does not delay its
+  acknowledgements). The paper's values shown next to it are its Local ones.
 * Client-visible stall (kill → answer to a 1-byte request sent right after the kill,
   includes the application's start-up and a client retransmission timeout):
   {stalls}.
