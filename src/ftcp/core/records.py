@@ -15,8 +15,6 @@ import enum
 import itertools
 import operator
 import struct
-import sys
-from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import overload
@@ -198,12 +196,15 @@ class ReadLog(Sequence[ReadResult]):
     def script(self) -> bytes:
         """The NSW replay script: (kind, value) as two little-endian u32 per read, in
         order (`ftcp.nsw.proto` SCRIPT entries)."""
-        out = array("I", bytes(8 * self._n))
-        out[0::2] = array("I", array("B", self.packed[8 :: READ_ITEM.size]))
-        out[1::2] = array("I", [n for _, _, n in READ_ITEM.iter_unpack(self.packed)])
-        if sys.byteorder != "little":
-            out.byteswap()
-        return out.tobytes()
+        p, size = self.packed, READ_ITEM.size
+        out = bytearray(8 * self._n)
+        # byte slices, not a loop over the entries: it runs between the rebuilt
+        # connection and the replaying accept's return (720 reads: 5 µs, against 66 µs
+        # for a loop, timed alone; ~0.15 ms inside a recovery)
+        out[0::8] = p[8::size]  # the kind, one byte: the low byte of a u32
+        for i in range(4):  # the length: big-endian in the entry, little-endian here
+            out[4 + i :: 8] = p[12 - i :: size]
+        return bytes(out)
 
 
 @dataclass(frozen=True, slots=True)
