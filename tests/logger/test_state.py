@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
 from logger_helpers import handshake, segments
 
 from ftcp.core import seq
@@ -19,6 +21,20 @@ def test_read_order_watermark_waits_for_gaps() -> None:
     a = app.apply([ReadResult(1, 1, ReadKind.DATA, 7)])
     assert a.next_order == 4
     assert [r.order for r in app.recovery()[0].reads] == [0, 1, 2, 3]  # sorted for recovery
+
+
+@given(st.permutations(range(12)), st.lists(st.integers(0, 3), min_size=12, max_size=12))
+def test_recovery_reads_are_sorted_whichever_order_they_came(
+    orders: list[int], kinds: list[int]
+) -> None:
+    """In order (kept packed as they came) or not (sorted for the answer), a recovery
+    gets every read, kind and length, by order."""
+    app = AppState("a")
+    app.apply([handshake(1)])
+    reads = [ReadResult(1, o, ReadKind(kinds[o]), 100 + o) for o in orders]
+    app.apply(reads[:5])
+    app.apply(reads[5:])
+    assert list(app.recovery()[0].reads) == sorted(reads, key=lambda r: r.order)
 
 
 def test_server_seq_is_wrap_aware_max_of_client_acks() -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from ftcp.core import seq, wire
 from ftcp.core.reassembly import Reassembler
 from ftcp.core.records import (
+    READ_ITEM,
     Close,
     ConnectionLog,
     Finished,
@@ -32,6 +33,7 @@ _READ_UNPACK = wire.READ.unpack_from
 _READ_LEN = wire.READ.size
 _T_INSEG = wire.TAG_INSEGMENT
 _T_READ = wire.TAG_READ
+_READ_ITEM_PACK = READ_ITEM.pack
 
 
 class ConnState:
@@ -44,6 +46,8 @@ class ConnState:
         "client_window",
         "client_ts_val",
         "reads",
+        "_last_order",
+        "_reads_sorted",
         "write_mark",
         "closes",
         "finished",
@@ -56,18 +60,34 @@ class ConnState:
         self.server_seq = seq.add(hs.s_isn, 1)
         self.client_window = 0
         self.client_ts_val: int | None = None
-        self.reads: list[tuple[int, int, int]] = []  # (order, kind, length): compact
+        # the reads as a RECOVER_READS body (`READ_ITEM`s), as they arrived: a recovery
+        # sends it as it is when they arrived in order (they do, one supervisor link),
+        # not 700 tuples sorted and packed for 1 MB of small reads (0.15 ms)
+        self.reads = bytearray()
+        self._last_order = -1
+        self._reads_sorted = True
         self.write_mark: WriteMark | None = None
         self.closes: list[Close] = []
         self.finished = False
         # last (stable_seq, ack_limit) reported; the handshake ack implies the initial one
         self.acked: tuple[int, int] | None = (self.reasm.stable_seq, self.reasm.ack_limit)
 
+    def add_read(self, order: int, kind: int, length: int) -> None:
+        self.reads += _READ_ITEM_PACK(order, kind, length)
+        if order <= self._last_order:
+            self._reads_sorted = False
+        else:
+            self._last_order = order
+
     def to_log(self, live: bool = False) -> ConnectionLog:
         """`live`: the instream is the live buffer, not a copy (`Reassembler.live`: it
         may grow after this; its first `stable_seq - c_isn - 1` bytes are the log)."""
         r = self.reasm
-        reads = ReadLog.from_tuples(self.handshake.conn_id, sorted(self.reads))
+        cid = self.handshake.conn_id
+        if self._reads_sorted:
+            reads = ReadLog(cid, self.reads)
+        else:
+            reads = ReadLog.from_tuples(cid, sorted(READ_ITEM.iter_unpack(self.reads)))
         return ConnectionLog(
             handshake=self.handshake,
             stable_seq=r.stable_seq,
@@ -194,7 +214,7 @@ class AppState:
                     continue
                 if o < self.next_order or o in self._ooo_set:
                     continue  # already stored: a supervisor resending after a reconnect
-                c.reads.append((o, kind, length))
+                c.add_read(o, kind, length)
                 if o == self.next_order:
                     self.next_order = o + 1
                     if self._ooo:
