@@ -61,8 +61,9 @@ class ConnState:
         self.client_window = 0
         self.client_ts_val: int | None = None
         # the reads as a RECOVER_READS body (`READ_ITEM`s), as they arrived: a recovery
-        # sends it as it is when they arrived in order (they do, one supervisor link),
-        # not 700 tuples sorted and packed for 1 MB of small reads (0.15 ms)
+        # sends it as it is when they arrived in order (they do over one supervisor
+        # link), instead of sorting and packing ~700 tuples for 1 MB of small reads
+        # (0.10-0.19 ms of each answer)
         self.reads = bytearray()
         self._last_order = -1
         self._reads_sorted = True
