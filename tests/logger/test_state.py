@@ -23,18 +23,27 @@ def test_read_order_watermark_waits_for_gaps() -> None:
     assert [r.order for r in app.recovery()[0].reads] == [0, 1, 2, 3]  # sorted for recovery
 
 
-@given(st.permutations(range(12)), st.lists(st.integers(0, 3), min_size=12, max_size=12))
+@given(
+    st.permutations(range(12)),
+    st.lists(st.integers(0, 3), min_size=12, max_size=12),
+    st.lists(st.sampled_from([1, 2]), min_size=12, max_size=12),
+    st.integers(0, 12),
+)
 def test_recovery_reads_are_sorted_whichever_order_they_came(
-    orders: list[int], kinds: list[int]
+    orders: list[int], kinds: list[int], conns: list[int], cut: int
 ) -> None:
-    """In order (kept packed as they came) or not (sorted for the answer), a recovery
-    gets every read, kind and length, by order."""
+    """Reads of two connections in any arrival order, in two batches: kept as they came
+    while each connection's came in order, sorted otherwise; a recovery gets every
+    read, kind and length of each connection, by order."""
     app = AppState("a")
-    app.apply([handshake(1)])
-    reads = [ReadResult(1, o, ReadKind(kinds[o]), 100 + o) for o in orders]
-    app.apply(reads[:5])
-    app.apply(reads[5:])
-    assert list(app.recovery()[0].reads) == sorted(reads, key=lambda r: r.order)
+    app.apply([handshake(1), handshake(2)])
+    reads = [ReadResult(conns[o], o, ReadKind(kinds[o]), 100 + o) for o in orders]
+    app.apply(reads[:cut])
+    app.apply(reads[cut:])
+    for lg in app.recovery():
+        cid = lg.handshake.conn_id
+        want = sorted((r for r in reads if r.conn_id == cid), key=lambda r: r.order)
+        assert list(lg.reads) == want
 
 
 def test_server_seq_is_wrap_aware_max_of_client_acks() -> None:
