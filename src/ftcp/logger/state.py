@@ -35,7 +35,9 @@ _T_INSEG = wire.TAG_INSEGMENT
 _T_READ = wire.TAG_READ
 _READ_ENTRY_AT = _READ_LEN - READ_ITEM.size  # where a READ record's entry starts
 _READ_HEAD = struct.Struct("!xQQ").unpack_from  # a READ record's connection and order
-assert wire.READ.format.endswith(READ_ITEM.format.lstrip("!"))  # the same entry layout
+# a READ record is tag, connection, then the entry (order, kind, length), which
+# `_READ_HEAD` and `_READ_ENTRY_AT` rely on
+assert wire.READ.format == "!BQ" + READ_ITEM.format.lstrip("!")
 
 
 class ConnState:
