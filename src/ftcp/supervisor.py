@@ -61,9 +61,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from ftcp.appproc import AppProcess, Spawner
-from ftcp.core import wire
 from ftcp.core.ackpolicy import make_policy
 from ftcp.errors import UserError
+from ftcp.logger.assembly import InstreamArena
 from ftcp.logger.client import LoggerClient, LoggerError
 from ftcp.nsw import build, elfcheck
 from ftcp.nsw.agent import Agent
@@ -248,7 +248,7 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
         raise UserError(
             f"cannot reach the logger at {cfg.logger_host}:{cfg.logger_port}: {what}"
         ) from None
-    client.instream_arena = wire.InstreamArena(RECOVERY_ARENA)
+    client.instream_arena = InstreamArena(RECOVERY_ARENA)
 
     trace: IO[str] | None = None
     queue: Queue | None = None

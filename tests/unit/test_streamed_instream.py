@@ -26,6 +26,7 @@ from ftcp.core.events import (
 from ftcp.core.packet import BlockSums, ones_sum
 from ftcp.core.records import Arrival, ConnectionLog, Handshake, ReadKind, ReadResult, SynOptions
 from ftcp.core.replay import plan_recovery
+from ftcp.logger.assembly import RecoveryAssembler
 
 DATA = b"hello world"
 
@@ -153,7 +154,7 @@ def test_assembler_calls_on_head_before_any_instream() -> None:
         events.append(("data", cid, arrivals[cid].received))
 
     ended: list[int] = []
-    asm = wire.RecoveryAssembler(
+    asm = RecoveryAssembler(
         4, on_head=on_head, on_data=on_data, on_end=lambda: ended.append(len(events))
     )
     done = [asm.feed(f) for f in roundtrip(b"".join(frames), 30_000, stream=True)]  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from ftcp.core.records import (
     WriteMark,
 )
 from ftcp.errors import LocalProtocolError, RemoteProtocolError
+from ftcp.logger.assembly import HUGE_INSTREAM, InstreamArena, RecoveryAssembler
 
 u8 = st.integers(0, 255)
 u16 = st.integers(0, 0xFFFF)
@@ -155,7 +156,7 @@ def connection_logs(draw: st.DrawFn) -> ConnectionLog:
 @settings(max_examples=50)
 def test_recovery_stream_roundtrip(logs) -> None:
     data = b"".join(wire.recovery_frames(9, logs, chunk=500))
-    asm = wire.RecoveryAssembler(9)
+    asm = RecoveryAssembler(9)
     done = [asm.feed(f) for f in roundtrip(data, 700)]  # type: ignore[arg-type]
     assert done[-1] and not any(done[:-1])
     assert asm.result() == logs
@@ -171,7 +172,7 @@ def test_recovery_streamed_instream_roundtrip(logs, frame_chunk, feed_chunk) -> 
     """The supervisor's decoder hands on RECOVER_INSTREAM bodies piece by piece as
     they arrive (any split of the byte stream): the assembled logs are the same."""
     data = b"".join(wire.recovery_frames(9, logs, chunk=frame_chunk))
-    asm = wire.RecoveryAssembler(9)
+    asm = RecoveryAssembler(9)
     done = [asm.feed(f) for f in roundtrip(data, feed_chunk, stream=True)]  # type: ignore[arg-type]
     assert done[-1] and not any(done[:-1])
     assert asm.result() == logs
@@ -184,7 +185,7 @@ def test_streamed_instream_then_other_frames_in_one_feed() -> None:
     d = wire.Decoder(stream_instream=True)
     fs = d.feed(data[:50]) + d.feed(data[50:70_000]) + d.feed(data[70_000:])
     assert fs[-1] == wire.Ping(5, 6) and d.buffered == 0
-    asm = wire.RecoveryAssembler(3)
+    asm = RecoveryAssembler(3)
     assert [asm.feed(f) for f in fs[:-1]][-1]  # type: ignore[arg-type]
     assert asm.result()[0].instream == log.instream
 
@@ -210,19 +211,19 @@ def test_recovery_assembler_rejects_hostile_sizes() -> None:
     # an announced length that its stable_seq does not explain (e.g. a huge allocation)
     for bad in (11, 1 << 40):
         with pytest.raises(RemoteProtocolError, match="announces"):
-            wire.RecoveryAssembler(1).feed(replace(head, instream_len=bad))
+            RecoveryAssembler(1).feed(replace(head, instream_len=bad))
     # more instream than announced: would grow the buffer
-    asm = wire.RecoveryAssembler(1)
+    asm = RecoveryAssembler(1)
     asm.feed(head)
     with pytest.raises(RemoteProtocolError, match="runs past"):
         asm.feed(wire.RecoverInstream(1, 1, 0, b"x" * 11))
     # more reads than announced
-    asm = wire.RecoveryAssembler(1)
+    asm = RecoveryAssembler(1)
     asm.feed(head)
     with pytest.raises(RemoteProtocolError, match="more reads"):
         asm.feed(wire.RecoverReads(1, 1, [ReadResult(1, o, ReadKind.DATA, 1) for o in range(2)]))
     # anything after the end
-    asm = wire.RecoveryAssembler(1)
+    asm = RecoveryAssembler(1)
     for f in fs:
         asm.feed(f)  # type: ignore[arg-type]
     with pytest.raises(RemoteProtocolError, match="after the end"):
@@ -233,11 +234,11 @@ def test_recovery_assembler_rejects_gaps_and_short_answers() -> None:
     hs = Handshake(1, 0, "a", 1, "b", 2, 10, 20, SynOptions(), SynOptions())
     log = ConnectionLog(hs, 21, 21, b"0123456789", False)
     fs = [f for f in roundtrip(b"".join(wire.recovery_frames(1, [log], chunk=4)))]
-    asm = wire.RecoveryAssembler(1)
+    asm = RecoveryAssembler(1)
     asm.feed(fs[0])  # type: ignore[arg-type]
     with pytest.raises(RemoteProtocolError, match="offset"):
         asm.feed(fs[2])  # type: ignore[arg-type]  (skips the first chunk)
-    asm = wire.RecoveryAssembler(1)
+    asm = RecoveryAssembler(1)
     asm.feed(fs[0])  # type: ignore[arg-type]
     with pytest.raises(RemoteProtocolError, match="incomplete"):
         asm.feed(fs[-1])  # type: ignore[arg-type]
@@ -400,10 +401,10 @@ def test_validate_agrees_with_decode(recs, data) -> None:
 def test_recovery_into_an_arena(logs, arena_size) -> None:
     """Instreams that fit are carved from the supervisor's pre-faulted arena, the rest
     allocated; the logs are the same either way, and the next request starts over."""
-    arena = wire.InstreamArena(arena_size)
+    arena = InstreamArena(arena_size)
     for req in (9, 10):  # the second request reuses the arena from its start
         data = b"".join(wire.recovery_frames(req, logs, chunk=700))
-        asm = wire.RecoveryAssembler(req, arena)
+        asm = RecoveryAssembler(req, arena)
         assert [asm.feed(f) for f in roundtrip(data, 900, stream=True)][-1]  # type: ignore[arg-type]
         got = asm.result()
         assert got == logs
@@ -411,5 +412,5 @@ def test_recovery_into_an_arena(logs, arena_size) -> None:
         for lg in got:
             n = len(lg.instream)
             fits = n > 0 and used + n <= arena_size
-            assert isinstance(lg.instream, memoryview) == (fits or n >= wire.HUGE_INSTREAM)
+            assert isinstance(lg.instream, memoryview) == (fits or n >= HUGE_INSTREAM)
             used += n if fits else 0

@@ -24,6 +24,12 @@ def sub(a: int, b: int) -> int:
     return d - MOD if d >= HALF else d
 
 
+def usub(a: int, b: int) -> int:
+    """Unsigned distance `a - b` modulo 2**32, in [0, 2**32): how far `a` is ahead of `b`
+    (a byte count, or a mapping offset such as `delta_seq`)."""
+    return (a - b) & MASK
+
+
 def lt(a: int, b: int) -> bool:
     """`a` strictly before `b`."""
     return 0 < ((b - a) & MASK) < HALF

@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable, Sequence
 from ftcp.core import seq, wire
 from ftcp.core.records import Arrival, ConnectionLog, Finished, ReadResult, Record
 from ftcp.errors import RemoteProtocolError
+from ftcp.logger.assembly import InstreamArena, RecoveryAssembler
 
 MAX_BODY = 4 << 20  # records per frame are split to stay under this
 RECONNECT_MIN = 0.05  # seconds before the first reconnect attempt, doubling ...
@@ -95,10 +96,10 @@ class LoggerClient(asyncio.Protocol):
         self._ready: asyncio.Future[None] | None = None
         self._batch_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._req = itertools.count(1)
-        self._recoveries: dict[int, tuple[wire.RecoveryAssembler, asyncio.Future[list]]] = {}
-        # memory touched in advance for recovered instreams (see `wire.InstreamArena`):
+        self._recoveries: dict[int, tuple[RecoveryAssembler, asyncio.Future[list]]] = {}
+        # memory touched in advance for recovered instreams (see `InstreamArena`):
         # set by the supervisor; a recovery's logs are then valid until the next one
-        self.instream_arena: wire.InstreamArena | None = None
+        self.instream_arena: InstreamArena | None = None
         self._deletes: dict[int, asyncio.Future[None]] = {}
         self._pings: dict[int, asyncio.Future[int]] = {}
         self._paused = False
@@ -619,7 +620,7 @@ class LoggerClient(asyncio.Protocol):
     ) -> list[ConnectionLog]:
         """`recover()` in one attempt, streamed: `on_head(log, arrival)` as each
         connection's head and reads arrive, its instream still filling (see
-        `wire.RecoveryAssembler`); the whole logs when the answer is complete. A
+        `RecoveryAssembler`); the whole logs when the answer is complete. A
         broken link raises `LoggerError`: the caller decides what it can keep."""
         return await self._recover_once(on_head, on_data, on_end)
 
@@ -635,7 +636,7 @@ class LoggerClient(asyncio.Protocol):
         # an earlier answer still streaming (its caller gave up waiting) writes into
         # the arena: this one does not share it
         arena = None if self._recoveries else self.instream_arena
-        asm = wire.RecoveryAssembler(req, arena, on_head, on_data, on_end)
+        asm = RecoveryAssembler(req, arena, on_head, on_data, on_end)
         self._recoveries[req] = (asm, fut)
         t.write(wire.encode(wire.Recover(req)))
         return await fut
