@@ -1,14 +1,32 @@
-"""Suite-wide policy: root-only tests skip when unprivileged, but never in CI.
+"""Suite-wide policy and lab fixtures.
 
-`.ci/run` sets FTCP_FORBID_ROOT_SKIPS=1: a skipped root test then fails the
-run, because CI is root and a skip there means the setup is broken.
+Root-only tests skip when unprivileged, but never in CI: `.ci/run` sets
+FTCP_FORBID_ROOT_SKIPS=1, and a skipped root test then fails the run, because
+CI is root and a skip there means the setup is broken.
+
+Lab fixtures, in a test marked `@pytest.mark.root`:
+
+    def test_x(lab_factory):
+        lab = lab_factory("10-10")          # or a Topology, e.g. get_topology(...).with_hub(...)
+        srv = lab.popen("server", [...])
+
+Every lab gets a fresh unique name and is torn down when the test (or, for
+`module_lab_factory`, the module) ends, pass or fail, along with every process
+still running in its namespaces.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 
 import pytest
+
+from ftcp.lab import net
+from ftcp.lab.net import Lab
+from ftcp.lab.topology import Topology
+
+LabFactory = Callable[..., Lab]
 
 IS_ROOT = os.geteuid() == 0
 FORBID_ROOT_SKIPS = os.environ.get("FTCP_FORBID_ROOT_SKIPS") == "1"
@@ -44,3 +62,36 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         )
         for nodeid in _skipped_root:
             terminalreporter.write_line(f"  {nodeid}", red=True)
+
+
+def _factory() -> Iterator[LabFactory]:
+    made: list[Lab] = []
+
+    def make(topology: Topology | str = "unshaped", name: str | None = None) -> Lab:
+        lab = net.up(topology, name or net.unique_name())
+        made.append(lab)
+        return lab
+
+    try:
+        yield make
+    finally:
+        errors = []
+        for lab in reversed(made):
+            try:
+                lab.down()
+            except Exception as e:  # tear down the others anyway
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+
+@pytest.fixture
+def lab_factory() -> Iterator[LabFactory]:
+    """`lab_factory(topology="unshaped", name=None) -> Lab`, removed after the test."""
+    yield from _factory()
+
+
+@pytest.fixture(scope="module")
+def module_lab_factory() -> Iterator[LabFactory]:
+    """Like `lab_factory`, but the labs live until the end of the module."""
+    yield from _factory()

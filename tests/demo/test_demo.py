@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from ftcp.lab.pytest_fixtures import unique_lab_name
+from ftcp.lab.net import unique_name
 
 
 @pytest.mark.root
 def test_demo_verifies_both_directions_and_cleans_up() -> None:
-    name = unique_lab_name()
+    name = unique_name()
     r = subprocess.run(
         [str(Path(sys.executable).parent / "ftcp"), "demo", "--name", name],
         capture_output=True, text=True, timeout=180,

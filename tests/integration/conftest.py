@@ -1,4 +1,4 @@
-"""Integration fixtures: lab labs (re-exported) and a logger daemon in the logger host."""
+"""Integration fixtures: a logger daemon in the logger host of a lab."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from ftcp.lab.pytest_fixtures import lab_factory, module_lab_factory
-
 sys.path.insert(0, str(Path(__file__).parent))
 
 from ithelpers import Env, start_env  # noqa: E402
 
-__all__ = ["lab_factory", "module_lab_factory", "unshaped"]
+__all__ = ["unshaped"]
 
 
 @pytest.fixture(scope="module")

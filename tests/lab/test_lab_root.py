@@ -14,8 +14,7 @@ import pytest
 
 from ftcp.errors import UserError
 from ftcp.lab import net, topology
-from ftcp.lab.net import Lab
-from ftcp.lab.pytest_fixtures import unique_lab_name
+from ftcp.lab.net import Lab, unique_name
 from ftcp.lab.topology import TOPOLOGIES, reachability
 from ftcp.lab.traffic import (
     finish_transfer,
@@ -217,7 +216,7 @@ def test_hub_delay_and_loss(lab_factory) -> None:
 
 
 def test_down_leaves_nothing_behind() -> None:
-    name = unique_lab_name()
+    name = unique_name()
     ns_before, links_before, procs_before = netns_list(), root_links(), procs_mentioning(name)
     r = ftcp("lab", "up", "10-shared", "--name", name)
     assert r.returncode == 0, r.stderr
@@ -250,7 +249,7 @@ def test_down_leaves_nothing_behind() -> None:
 
 def test_down_after_up_crashed_half_way() -> None:
     """`up` killed mid-build (SIGKILL, no cleanup ran): `down` still removes what it made."""
-    name = unique_lab_name()
+    name = unique_name()
     code = (
         "import os, ftcp.lab.net as n\n"
         "real = n._run_step\n"
@@ -274,7 +273,7 @@ def test_down_after_up_crashed_half_way() -> None:
 
 
 def test_failed_up_tears_down(monkeypatch: pytest.MonkeyPatch) -> None:
-    name = unique_lab_name()
+    name = unique_name()
     real = topology.tbf_argv
 
     def broken(ns: str, dev: str, rate: int, burst: int | None = None, **kw: bool) -> list[str]:
@@ -298,7 +297,7 @@ def test_name_collision_and_bad_input(lab_factory) -> None:
     sent, got = transfer(lab, "client", "server", 100_000, port=5701)
     assert sent["sha256"] == got["sha256"]
     assert net.read_state(lab.name).topology.name == "unshaped"
-    name = unique_lab_name()
+    name = unique_name()
     r = ftcp("lab", "up", "nosuch", "--name", name)
     assert r.returncode == 2 and "unknown topology" in r.stderr
     assert all(t in r.stderr for t in TOPOLOGIES)

@@ -8,14 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from ftcp.lab.pytest_fixtures import lab_factory, module_lab_factory
-
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "integration"))
 
 from ithelpers import Env, logger_on, start_env  # noqa: E402
 
-__all__ = ["lab_factory", "live_logger", "module_lab_factory", "unshaped"]
+__all__ = ["live_logger", "unshaped"]
 
 
 @pytest.fixture(scope="module")

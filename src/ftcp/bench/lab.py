@@ -20,7 +20,6 @@ receivers' own whole-test averages are kept in the JSON as well.
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 import subprocess
 import time
@@ -199,7 +198,7 @@ def _ratio(measured: float, configured: int | None) -> float | None:
 
 def bench_topology(name: str, seconds: float, tool: str) -> list[Result]:
     topo = get_topology(name)
-    lab = net.up(topo, "b" + secrets.token_hex(4)[:7])
+    lab = net.up(topo, net.unique_name("b"))
     results: list[Result] = []
     try:
         for s in (FRONT, BACK):

@@ -41,7 +41,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import secrets
 import selectors
 import shutil
 import socket
@@ -570,7 +569,7 @@ def bench_topology(
     sizes = plan.sizes(front_rate)
     load_start = os.getloadavg()
     t0 = time.monotonic()
-    lab = net.up(topo, "n" + secrets.token_hex(3))
+    lab = net.up(topo, net.unique_name("n"))
     tmp = Path(tempfile.mkdtemp(prefix="ftcp-bench-normal-"))
     modes: dict[str, Any] = {}
     try:

@@ -133,10 +133,9 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
 
 def one_run(topology: str, nbytes: int, local_logger: bool, restore: str) -> dict[str, Any]:
     """One crash in a fresh lab of `topology` (see `run_in_lab`)."""
-    from ftcp.lab import up
-    from ftcp.lab.pytest_fixtures import unique_lab_name
+    from ftcp.lab import net
 
-    lab = up(topology, unique_lab_name())
+    lab = net.up(topology, net.unique_name())
     tmp = Path(tempfile.mkdtemp(prefix="ftcp-bench-rec-"))
     try:
         r = run_in_lab(lab, nbytes, local_logger, restore, PORT, LOGGER_PORT, tmp)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import selectors
 import shutil
 import signal
@@ -314,6 +315,16 @@ def _run_step(step: Step, name: str) -> None:
             f"cannot build lab '{name}': {step.feature} unavailable or failed "
             f"({' '.join(step.argv[:6])} ...: {why})"
         )
+
+
+def unique_name(prefix: str = "t") -> str:
+    """A lab name not in use: `prefix` and random hex digits, 8 characters in all."""
+    while True:
+        name = prefix + secrets.token_hex(4)[: 8 - len(prefix)]
+        if not state_path(name).exists() and not any(
+            netns_exists(f"ftcp-{name}-{h}") for h in ("sw", "client", "server")
+        ):
+            return name
 
 
 def up(topology: Topology | str, name: str = "lab") -> Lab:
