@@ -41,10 +41,11 @@ A death during recovery starts it again from the log (the rebuild task of the
 previous attempt is cancelled; connections already rebuilt crash again).
 
 Divergence: the shim reports the running CRC of the regenerated outstream at
-each replayed read and when replay ends; it is compared with what the same
-application reported at the same read before the crash. A mismatch is logged
-with connection and byte offset, counted, shown by `ftcp status`, and handled
-by `on_divergence` (`continue` or `close`: reset the client).
+replayed reads and where replay ends; `ftcp.core.replay.OutstreamCheck`
+compares it with what the same application reported at the same byte offset
+before the crash (invariant 5). A mismatch is logged with connection and byte
+offset, counted, shown by `ftcp status`, and handled by `on_divergence`
+(`continue` or `close`: reset the client).
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import sys
 import threading
 from collections.abc import Awaitable, Callable
@@ -68,10 +68,11 @@ from ftcp.core.conn import State
 from ftcp.core.events import Finish, InstreamArrived, ProcessDied, Rebuild, Repaired, ReplayDone
 from ftcp.core.packet import ACK, RST, build_tcp
 from ftcp.core.records import Arrival, ConnectionLog
-from ftcp.core.replay import RecoveryPlan, plan_recovery
+from ftcp.core.replay import Divergence, OutstreamCheck, RecoveryPlan, plan_recovery
 from ftcp.nsw.agent import AcceptInfo, Agent, Decision, Replay, SessionInfo, process_alive
+from ftcp.nsw.bridge import AgentBridge
 from ftcp.nsw.proto import How, Kind, MarkReason, MismatchCode
-from ftcp.ssw.engine import AgentBridge, Conn, Engine
+from ftcp.ssw.engine import Conn, Engine
 from ftcp.tcprepair import RepairError, repair_in_place
 
 log = logging.getLogger("ftcp.recovery")
@@ -285,13 +286,6 @@ class _LogFetch:
             eng.feed(c, InstreamArrived(self.rec._now()))  # noqa: SLF001
 
 
-@dataclass(slots=True)
-class DivergenceReport:
-    conn_id: int
-    offset: int
-    detail: str
-
-
 class Recovery:
     """Drives recovery for one `ftcp run` (see the module docstring)."""
 
@@ -326,15 +320,13 @@ class Recovery:
         self.recoveries = 0
         self.restarts_in_row = 0
         self.gave_up = False
-        self.divergences: list[DivergenceReport] = []
+        self.divergences: list[Divergence] = []
         self.timings: list[Timing] = []
         self.pid: int | None = None
         self._started_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._fetching: asyncio.Future[None] | None = None  # the rest of the log transfer
-        # divergence: conn id -> {output bytes written: their CRC-32C}, before the crash
-        self._marks: dict[int, dict[int, int]] = {}
-        self._diverged: set[int] = set()  # conns reported in this incarnation
+        self.check = OutstreamCheck()  # invariant 5
 
     # ------------------------------------------------------------------ state
 
@@ -507,7 +499,7 @@ class Recovery:
             log.error("recovery: conn %d has no log; resetting it", cid)
             self._reset_client(want[cid])
         self.plans = plans
-        self._diverged = set()
+        self.check.new_recovery()
         t.planned = self._now()
 
     async def _fetch_rest(self, f: _LogFetch, t: Timing) -> None:
@@ -734,38 +726,19 @@ class Recovery:
 
     # ------------------------------------------------------------- divergence
 
-    def note_mark(self, conn_id: int, wtotal: int, wcrc: int) -> None:
-        """The application had written `wtotal` bytes with CRC `wcrc` (live, before a crash)."""
-        if wtotal:
-            self._marks.setdefault(conn_id, {})[wtotal] = wcrc
-
-    def check_mark(self, conn_id: int, wtotal: int, wcrc: int, where: str) -> None:
-        """The replayed application has written `wtotal` bytes with CRC `wcrc`: where the
-        same prefix was checksummed before the crash, the two must agree (the outstream
-        is compared at equal byte offsets, so a server's threads may interleave reads and
-        writes differently from one run to the next)."""
-        want = self._marks.get(conn_id, {}).get(wtotal)
-        if want is None or want == wcrc or conn_id in self._diverged:
+    def diverged(self, d: Divergence | None) -> None:
+        """Report a divergence the check found, and apply `on_divergence`."""
+        if d is None:
             return
-        self._diverged.add(conn_id)
-        self.diverged(
-            conn_id,
-            wtotal,
-            f"{where}: the first {wtotal} output bytes have crc {wcrc:#010x}, "
-            f"before the crash {want:#010x}",
-        )
-
-    def diverged(self, conn_id: int, offset: int, detail: str) -> None:
-        d = DivergenceReport(conn_id, offset, detail)
         self.divergences.append(d)
         print(
-            f"ftcp run: DIVERGENCE on connection {conn_id} at outstream byte {offset}: "
-            f"{detail} (policy: {self.on_divergence})",
+            f"ftcp run: DIVERGENCE on connection {d.conn_id} at outstream byte {d.offset}: "
+            f"{d.detail} (policy: {self.on_divergence})",
             file=sys.stderr,
             flush=True,
         )
         if self.on_divergence == "close":
-            c = self.engine.by_id.get(conn_id)
+            c = self.engine.by_id.get(d.conn_id)
             if c is not None and c.core.state is not State.CLOSED:
                 self._reset_client(c)
 
@@ -799,12 +772,7 @@ class RecoveryBridge(AgentBridge):
     def on_accept(self, info: AcceptInfo) -> Decision:
         rec = self.recovery
         if rec is not None and rec.plans:
-            try:
-                cip = socket.inet_aton(info.remote[0])
-                sip = socket.inet_aton(info.local[0])
-            except OSError:
-                cip = sip = b""
-            c = self.engine.conns.get((cip, info.remote[1], sip, info.local[1]))
+            c = self.engine.conn_by_addr(info.local, info.remote)
             if c is not None:
                 plan = rec.plans.get(c.core.conn_id)
                 if plan is not None and c.core.awaiting_repair and not rec.repair(c, info.fd):
@@ -819,36 +787,41 @@ class RecoveryBridge(AgentBridge):
         return super().on_accept(info)
 
     def on_read(
-        self, conn_id: int, order: int, kind: Kind, value: int, wtotal: int, wcrc: int
+        self, session: int, seq: int, conn_id: int, kind: Kind, value: int, wtotal: int, wcrc: int
     ) -> None:
         if self.recovery is not None:
-            self.recovery.note_mark(conn_id, wtotal, wcrc)
-        self.engine.on_read(conn_id, order, kind, value)
+            self.recovery.check.note(conn_id, wtotal, wcrc)
+        super().on_read(session, seq, conn_id, kind, value, wtotal, wcrc)
 
     def on_replay_read(
         self, conn_id: int, index: int, kind: Kind, value: int, wtotal: int, wcrc: int
     ) -> None:
-        if self.recovery is not None:
-            self.recovery.check_mark(conn_id, wtotal, wcrc, f"replayed read {index}")
+        rec = self.recovery
+        if rec is not None:
+            rec.diverged(rec.check.check(conn_id, wtotal, wcrc, f"replayed read {index}"))
 
     def on_write_mark(self, conn_id: int, total: int, crc: int, reason: MarkReason) -> None:
-        if self.recovery is None:
+        rec = self.recovery
+        if rec is None:
             return
-        self.recovery.check_mark(conn_id, total, crc, f"replay {reason.name.lower()}")
+        rec.diverged(rec.check.check(conn_id, total, crc, f"replay {reason.name.lower()}"))
         if reason == MarkReason.REPLAY_DONE:
-            self.recovery.replay_done(conn_id)
+            rec.replay_done(conn_id)
 
-    def on_close(self, conn_id: int, how: How, wtotal: int, wcrc: int) -> Awaitable[None]:
+    def on_close(self, conn_id: int, how: How, wtotal: int, wcrc: int) -> None:
         if self.recovery is not None:
-            self.recovery.note_mark(conn_id, wtotal, wcrc)
-        return super().on_close(conn_id, how, wtotal, wcrc)
+            if how == How.CLOSE:  # never recovered from here on: its points can go
+                self.recovery.check.forget(conn_id)
+            else:
+                self.recovery.check.note(conn_id, wtotal, wcrc)
+        super().on_close(conn_id, how, wtotal, wcrc)
 
     def on_mismatch(self, conn_id: int, index: int, code: MismatchCode, value: int) -> None:
-        if self.recovery is not None:
-            self.recovery.diverged(
-                conn_id, -1, f"read {index} could not be replayed ({code.name}, {value})"
-            )
+        rec = self.recovery
+        if rec is not None:
+            rec.diverged(rec.check.unreplayable(conn_id, index, f"{code.name}, {value}"))
 
     def on_session_end(self, session: SessionInfo, orphans: list[int]) -> None:
+        self.engine.end_source(session.session_id)
         if orphans:
             log.info("nsw: process %d ended holding connections %s", session.pid, orphans)

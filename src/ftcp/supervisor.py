@@ -283,7 +283,7 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
             sock_path = os.path.join(sock_dir, "nsw.sock")
         bridge = RecoveryBridge(engine)
         agent = Agent(sock_path, bridge)
-        engine.mark_logged = agent.mark_logged
+        bridge.attach(agent)
         await agent.start()
         engine.start(loop)
         owner = f"run-{cfg.port}-{os.getpid()}"

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from ftcp.cli import main
 from ftcp.core import wire
 from ftcp.core.packet import ACK, PSH, SYN, TcpPacket, build_tcp, encode_options
-from ftcp.core.records import Handshake, InSegment
+from ftcp.core.records import Handshake, InSegment, ReadKind, ReadResult
 from ftcp.ssw.engine import NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT, Engine
 from ftcp.ssw.nfqueue import QueuedPacket
 
@@ -159,20 +159,27 @@ def test_timers_without_scanning_every_connection() -> None:
     run_engine(body)
 
 
-def test_reads_acked_reach_only_the_conns_that_read() -> None:
+def test_reads_released_to_the_processes_that_read_them() -> None:
+    """Read results are logged in the order the processes reported them; each
+    process's released count moves once the logger has its reads and every earlier one
+    (an unprotected read gets no order but keeps its place)."""
+
     async def body(eng: Engine, q: FakeQueue, sent: list[list[Any]]) -> None:
-        logged: list[int] = []
-        eng.mark_logged = logged.append
+        released: list[tuple[int, int]] = []
+        eng.publish = lambda source, count: released.append((source, count))
         a, b = (_established(eng, q, sent, CP + i, 10 * i + 1) for i in range(2))
-        eng.on_read(a, 1, 0, 10)
-        eng.on_read(b, 2, 0, 20)
-        eng.on_read(a, 3, 0, 30)
-        assert set(eng._reading) == {a, b}
-        assert eng.by_id[a].core.unstable_reads == 2
+        eng.on_read(1, 1, a, ReadKind.DATA, 10)
+        eng.on_read(2, 1, b, ReadKind.DATA, 20)
+        eng.on_read(1, 2, a, ReadKind.DATA, 30)
+        eng.on_read(2, 2, 999, ReadKind.DATA, 5)  # no such connection: not logged
+        eng._send_logs()
+        reads = [r for batch in sent for r in batch if isinstance(r, ReadResult)]
+        got = [(r.conn_id, r.order, r.length) for r in reads]
+        assert got == [(a, 0, 10), (b, 1, 20), (a, 2, 30)]
+        assert eng.commit.unstable(a) == 2 and released == []
         eng.on_logger_acks([wire.ReadsAck(2)])  # orders 0, 1: a's first read, b's read
-        assert logged[-1] == 2 and eng.by_id[a].core.unstable_reads == 1
-        assert set(eng._reading) == {a}
-        eng.on_logger_acks([wire.ReadsAck(3)])
-        assert logged[-1] == 3 and not eng._reading
+        assert released == [(1, 1), (2, 1)] and eng.commit.unstable(a) == 1
+        eng.on_logger_acks([wire.ReadsAck(3)])  # the unprotected read follows at once
+        assert released[2:] == [(1, 2), (2, 2)] and eng.commit.unstable(a) == 0
 
     run_engine(body)

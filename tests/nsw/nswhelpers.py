@@ -81,8 +81,8 @@ class Recorder(AgentHandler):
         self._add("accept", info)
         return self.decide(info)
 
-    def on_read(self, conn_id, order, kind, value, wtotal, wcrc):  # type: ignore[no-untyped-def]
-        self._add("read", conn_id, order, Kind(kind), value, wtotal, wcrc)
+    def on_read(self, session, seq, conn_id, kind, value, wtotal, wcrc):  # type: ignore[no-untyped-def]
+        self._add("read", conn_id, seq, Kind(kind), value, wtotal, wcrc, session)
 
     def on_replay_read(self, conn_id, index, kind, value, wtotal, wcrc):  # type: ignore[no-untyped-def]
         self._add("replay_read", conn_id, index, Kind(kind), value, wtotal, wcrc)

@@ -81,7 +81,7 @@ def test_replay_reproduces_reads_and_discards_output(
     assert marks[MarkReason.DISCARD_END][1:4] == (77, 4, crc32c(b"abcd"))
     assert marks[MarkReason.REPLAY_DONE][1:4] == (77, 8, crc32c(b"abcdefgh"))
     # Live reads after replay are reported as the server saw them (EAGAINs
-    # included), with application-wide orders from 1.
+    # included), numbered from 1 in their process.
     live = recorder.of("read")
     as_seen = {Kind.EAGAIN: "EAGAIN", Kind.EOF: "EOF"}
     assert [as_seen.get(e[3], str(e[4])) for e in live] == observed[3:]

@@ -1,13 +1,17 @@
 """In-memory world for sans-IO tests of the FT core.
 
-client TCP  ⇄ (faulty link) ⇄  SSW (`Connection`)  ⇄  toy kernel TCP  ⇄  NSW  ⇄  toy app
+client TCP  ⇄ (faulty link) ⇄  SSW (`Connection`)  ⇄  toy kernel TCP  ⇄  toy shim  ⇄  toy app
                                         ⇅
                                   in-memory logger
 
 The TCPs are toys (go-back-N, cumulative acks, window scaling, timestamps with
 PAWS, ack-of-unsent-data drops like Linux) but honest about what FT-TCP relies
-on. Everything is driven by a discrete clock; faults come from one seeded RNG.
-Monitors check DESIGN.md invariants 1-6 at every step and collect violations.
+on; so is the shim (`App`): it does what `nsw/shim.c` does, mechanically. Every
+decision is production's own code: the connection's (`Connection`), output
+commit's (`OutputCommit`), the recovery plan's (`plan_recovery`) and the
+outstream check's (`OutstreamCheck`). Everything is driven by a discrete clock;
+faults come from one seeded RNG. Monitors check DESIGN.md invariants 1-6 at
+every step and collect violations.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from ftcp.core import seq
 from ftcp.core.ackpolicy import make_policy
+from ftcp.core.commit import OutputCommit
 from ftcp.core.conn import Connection, State
 from ftcp.core.events import (
     ACK,
@@ -27,10 +32,8 @@ from ftcp.core.events import (
     PSH,
     RST,
     SYN,
-    AllowWrite,
-    BlockWrite,
     ClientSegment,
-    CloseRequest,
+    CloseReported,
     Deliver,
     Direction,
     Drop,
@@ -39,14 +42,12 @@ from ftcp.core.events import (
     Log,
     LoggerAck,
     ProcessDied,
-    ReadLogged,
     ReadReported,
     Rebuild,
     ReplayDone,
     ServerSegment,
     StartRecovery,
     Timer,
-    WriteRequest,
 )
 from ftcp.core.reassembly import Reassembler
 from ftcp.core.records import (
@@ -61,7 +62,14 @@ from ftcp.core.records import (
     SynOptions,
     WriteMark,
 )
-from ftcp.core.replay import OutstreamDigest, RecoveryPlan, plan_recovery
+from ftcp.core.replay import (
+    Divergence,
+    OutstreamCheck,
+    RecoveryPlan,
+    outstream_crc,
+    plan_recovery,
+)
+from ftcp.core.wire import ReadsAck
 
 OOW_LIMIT = 0.1  # s between answers to unacceptable pure acks (Linux: tcp_invalid_ratelimit)
 
@@ -455,7 +463,7 @@ class Logger:
         return None if r is None else r.ack_limit
 
     def step(self, now: float) -> list[tuple[int | None, object]]:
-        """Apply due records; return the due acks as (conn_id or None, LoggerAck/ReadLogged)."""
+        """Apply due records; return the due acks as (conn_id or None, LoggerAck/ReadsAck)."""
         touched: set[int] = set()
         reads = False
         while self.inbox and self.inbox[0][0] <= now:
@@ -497,7 +505,7 @@ class Logger:
                 )
             )
         if reads:
-            ack = (None, ReadLogged(now, self.read_upto))
+            ack = (None, ReadsAck(self.read_upto + 1))
             self.outbox.append((self._at(self.outbox, now), ack))
         due = []
         while self.outbox and self.outbox[0][0] <= now:
@@ -537,7 +545,8 @@ class EchoLogic:
 
     SIZES = (5, 64, 13, 1, 200, 7)
 
-    def __init__(self) -> None:
+    def __init__(self, salt: int | None = None) -> None:
+        self.salt = salt  # not None: a nondeterministic server (it writes its incarnation)
         self.calls = 0
         self.buf = b""
         self.nreads = 0
@@ -564,35 +573,51 @@ class EchoLogic:
         while b"\n" in self.buf:
             line, self.buf = self.buf.split(b"\n", 1)
             out += b"%s|%d|%d\n" % (line.upper(), self.nreads, self.eagains % 5)
+            if self.salt is not None:
+                out = out[:-2] + b"%d\n" % (self.salt % 10)
         self.output += out
         return out, False
 
 
 @dataclass
 class _Op:
-    ident: int
     kind: str  # "write" | "close"
     data: bytes = b""
 
 
 class App:
-    """One incarnation of the server application plus its NSW agent."""
+    """One incarnation of the server application under its NSW shim.
 
-    def __init__(self, world: World, plan: RecoveryPlan | None) -> None:
+    The shim part does what `shim.c` does. Live: each read is reported with the
+    process's next number, and its output so far, `(bytes, CRC-32C)`; a write or
+    close waits until the supervisor has released every read the process reported
+    (`page`, the shared page's count). Replay: reads are served from the plan's
+    script, exactly as logged (a DATA read waits until that many bytes are there),
+    the first `discard` output bytes are swallowed, and the output so far is
+    reported where it moved after a replayed read, where the discarded prefix ends
+    and where replay ends.
+    """
+
+    def __init__(self, world: World, plan: RecoveryPlan | None, source: int) -> None:
         self.w = world
-        self.logic = EchoLogic()
+        self.logic = EchoLogic(source if world.cfg.nondeterministic else None)
         self.plan = plan
-        self.replayer = plan.read_replayer() if plan else None
-        self.wfilter = plan.write_filter() if plan else None
-        self.replay_done_sent = plan is None
+        self.source = source  # the process (an NSW session)
+        self.seq = 0  # live reads reported
+        self.page = 0  # released count (the supervisor's decision)
+        self.script = list(plan.reads) if plan is not None else []
+        self.pos = 0
+        self.discard = plan.discard if plan is not None else 0
+        self.replaying = plan is not None
+        self.wtotal = 0  # output bytes so far (swallowed ones included)
+        self.wcrc = 0
+        self.rep_wtotal = 0
         self.kconn: ToyTCP | None = None
         self.conn_id: int | None = None
-        self.ops: list[_Op] = []  # output waiting for AllowWrite, in order
-        self.allowed: set[int] = set()
+        self.ops: list[_Op] = []  # output waiting for its reads' release
         self.closed = False
-        self.digest: OutstreamDigest | None = None
         self.rebuild_sent = False
-        self.reported: list[int] = []
+        self.reported: list[int] = []  # logger orders of its logged reads (monitor)
 
     def step(self, now: float) -> None:
         if self.kconn is None:
@@ -619,32 +644,43 @@ class App:
         if k is not None and k.state == "ESTABLISHED" and conn is not None:
             self.kconn = k
             self.conn_id = conn.conn_id
-            self.digest = OutstreamDigest(conn.conn_id)
-            self._maybe_replay_done(now)
+            self._replay_check_done(now)
 
-    def _maybe_replay_done(self, now: float) -> None:
-        if not self.replay_done_sent and self.replayer is not None and self.replayer.done:
-            self.replay_done_sent = True
+    def _check(self, where: str) -> None:
+        assert self.conn_id is not None
+        w = self.w
+        w.compared.append((self.source - 1, self.wtotal, w.noted_by.get(self.wtotal, -1)))
+        w.checked(self, w.check.check(self.conn_id, self.wtotal, self.wcrc, where))
+
+    def _replay_check_done(self, now: float) -> None:
+        if self.replaying and self.pos >= len(self.script) and self.wtotal >= self.discard:
+            self.replaying = False
+            self._check("replay done")
             self.w.ssw.feed(ReplayDone(now))
 
     def _read(self, now: float) -> None:
         w, k = self.w, self.kconn
         assert k is not None and self.conn_id is not None
         max_len = self.logic.next_max()
-        if self.replayer is not None and not self.replayer.done:
-            r = self.replayer.read(max_len, len(k.inbuf))
-            if not r.ready:
-                return  # wait for the refill
-            assert r.kind is not None
+        if self.replaying and self.pos < len(self.script):
+            r = self.script[self.pos]
             data = b""
             if r.kind == ReadKind.DATA:
+                want = r.length
+                if max_len < want:
+                    w.checked(self, w.check.unreplayable(self.conn_id, self.pos, "short buffer"))
+                    want = max_len
+                if len(k.inbuf) < want:
+                    return  # wait for the refill
                 before = k.window()
-                data = k.read(r.length)
-                if data != r.data:
-                    w.violations.append(f"refill gave {data!r}, log says {r.data!r}")
+                data = k.read(want)
                 w.kernel_out += k.window_update(now, before)
+            self.pos += 1
+            if self.wtotal != self.rep_wtotal:
+                self.rep_wtotal = self.wtotal
+                self._check(f"replayed read {self.pos - 1}")
+            self._replay_check_done(now)
             self._after_read(now, r.kind, data)
-            self._maybe_replay_done(now)
             return
         if k.inbuf:
             before = k.window()
@@ -655,10 +691,11 @@ class App:
             data, kind = b"", ReadKind.EOF
         else:
             data, kind = b"", ReadKind.EAGAIN
-        order = w.next_order
-        w.next_order += 1
-        self.reported.append(order)
-        w.ssw.feed(ReadReported(now, ReadResult(self.conn_id, order, kind, len(data))))
+        self.seq += 1
+        w.note(self)
+        order = w.ssw.read(now, self.source, self.seq, kind, len(data))
+        if order is not None:
+            self.reported.append(order)
         self._after_read(now, kind, data)
 
     def _after_read(self, now: float, kind: ReadKind, data: bytes) -> None:
@@ -667,49 +704,42 @@ class App:
             self._write(now, out)
         if close:
             self.closed = True
-            self._output(now, _Op(next(self.w.idents), "close"))
+            self._output(now, _Op("close"))
 
     def _write(self, now: float, data: bytes) -> None:
-        if self.wfilter is not None:
-            f = self.wfilter.write(data)
-            data = data[f.discard :]
+        if self.replaying and self.wtotal < self.discard:
+            n = min(len(data), self.discard - self.wtotal)
+            self.wcrc = outstream_crc(data[:n], self.wcrc)
+            self.wtotal += n
+            if self.wtotal == self.discard:
+                self._check("replay discard end")
+            self._replay_check_done(now)
+            data = data[n:]
             if not data:
                 return
-        self._output(now, _Op(next(self.w.idents), "write", data))
+        self._output(now, _Op("write", data))
 
     def _output(self, now: float, op: _Op) -> None:
         self.ops.append(op)
-        self.w.ops[op.ident] = self
-        if op.kind == "write":
-            self.w.ssw.feed(WriteRequest(now, op.ident, len(op.data)))
-        else:
-            self.w.ssw.feed(CloseRequest(now, op.ident, CloseHow.CLOSE))
         self.step_output(now)
 
     def step_output(self, now: float) -> None:
         w = self.w
-        while self.ops and self.ops[0].ident in self.allowed:
+        while self.ops and self.page >= self.seq:  # the shim's commit_wait
             op = self.ops.pop(0)
             self._commit_check(op)
-            assert self.kconn is not None
+            assert self.kconn is not None and self.conn_id is not None
             if op.kind == "write":
                 self.kconn.write(op.data)
-                if self.digest is not None and self.wfilter is None:
-                    m = self.digest.update(op.data)
-                    w.logger.send(now, m)
+                self.wcrc = outstream_crc(op.data, self.wcrc)
+                self.wtotal += len(op.data)
+                self._replay_check_done(now)
             else:
+                w.note(self)
+                w.ssw.feed(CloseReported(now, CloseHow.CLOSE))
                 self.kconn.close()
                 w.close_seen = True
             w.kernel_out += self.kconn.output(now)
-        if self.wfilter is not None and self.conn_id is not None:
-            # after replay the filter's running checksum is the outstream's: keep marking
-            wf = self.wfilter
-            last = wf._marks[-1].total if wf._marks else 0
-            if wf.total > last and wf.total > self._last_mark:
-                self._last_mark = wf.total
-                w.logger.send(now, WriteMark(self.conn_id, wf.total, wf.checksum))
-
-    _last_mark = 0
 
     def _commit_check(self, op: _Op) -> None:
         """Invariant 3: output leaves only after every earlier read result is logged."""
@@ -732,6 +762,29 @@ class SSWGlue:
         self.pending: dict[int, tuple[Direction, Seg]] = {}
         self.started_recovery = 0
         self.conn_ids = itertools.count(1)
+        self.commit = OutputCommit()  # invariant 3, as the engine keeps it
+
+    def read(self, now: float, source: int, seq_no: int, kind: ReadKind, n: int) -> int | None:
+        """A live read of process `source` (the engine's `on_read`): its logger order, or
+        None when its connection is not protected."""
+        conn = self.conn
+        protected = conn is not None and conn.logs_reads
+        order = self.commit.read(source, seq_no, conn.conn_id if conn else 0, protected)
+        if order is not None:
+            assert conn is not None
+            self.feed(ReadReported(now, ReadResult(conn.conn_id, order, kind, n)))
+        self.publish()
+        return order
+
+    def reads_logged(self, ack: ReadsAck) -> None:
+        self.commit.logged(ack.next_order)
+        self.publish()
+
+    def publish(self) -> None:
+        app = self.w.app
+        for source, count in self.commit.releases().items():
+            if app is not None and app.source == source:
+                app.page = count
 
     def feed(self, ev: object) -> None:
         assert self.conn is not None
@@ -805,13 +858,6 @@ class SSWGlue:
                         w.to_client(s, None)
                     else:
                         w.to_kernel(s)
-                case AllowWrite():
-                    app = w.ops.pop(a.ident, None)
-                    if app is not None and app is w.app:
-                        app.allowed.add(a.ident)
-                        app.step_output(w.now)
-                case BlockWrite():
-                    w.blocked_writes += 1
                 case StartRecovery():
                     self.started_recovery += 1
                 case _:
@@ -871,6 +917,7 @@ class Config:
     pipelined: bool = False  # the client sends every request at once, not one per answer
     sndbuf: int | None = None  # the server blocks in write while this much is unacked
     server_rcvbufs: tuple[int, ...] = ()  # per incarnation (default: rcvbuf)
+    nondeterministic: bool = False  # each incarnation writes its number into its answers
 
 
 @dataclass
@@ -884,6 +931,7 @@ class Result:
     to_client: int
     fabricated: dict[str, int]
     trace: list[str] = field(default_factory=list)
+    divergences: int = 0
 
 
 class World:
@@ -914,10 +962,12 @@ class World:
         self.down = False
         self.down_until = 0.0
         self.kernel_out: list[Seg] = []
-        self.ops: dict[int, App] = {}
-        self.next_order = 0
         self.close_seen = False
-        self.blocked_writes = 0
+        self.check = OutstreamCheck()  # invariant 5, as the supervisor keeps it
+        self.outputs: list[bytearray] = []  # each incarnation's output, swallowed bytes too
+        self.noted_by: dict[int, int] = {}  # output bytes -> the incarnation that noted them
+        self.compared: list[tuple[int, int, int]] = []  # (incarnation, bytes, noted by)
+        self.diverged_in: set[int] = set()
         self.crashes = 0
         self.recoveries = 0
         self.sent_to_client = 0
@@ -943,7 +993,8 @@ class World:
             sack_ok=True,
         )
         self.kernel.listen()
-        self.app = App(self, plan)
+        self.app = App(self, plan, source=i + 1)
+        self.outputs.append(self.app.logic.output)
         self.last_app = self.app
         self.close_seen = False
         self.incarnation += 1
@@ -951,6 +1002,8 @@ class World:
     def crash(self, kind: str) -> None:
         """Kill the application: its kernel connection and state vanish."""
         self.crashes += 1
+        if self.app is not None:
+            self.ssw.commit.end(self.app.source)
         if self.close_seen:  # the socket is closed: the orphan lives on in the kernel
             self.app = None
             if self.ssw.conn is not None:
@@ -982,8 +1035,32 @@ class World:
         if conn is not None and conn.state is State.CRASHED:
             plan = plan_recovery(self.logger.to_log(conn.conn_id), **conn.recovery_hints(self.now))  # type: ignore[arg-type]
             self.recoveries += 1
-        self.next_order = self.logger.read_upto + 1
+            self.check.new_recovery()
         self._start_server(plan)
+
+    # -- invariant 5: what the shim reports, and the truth to hold the check to
+    def note(self, app: App) -> None:
+        assert app.conn_id is not None
+        self.check.note(app.conn_id, app.wtotal, app.wcrc)
+        if app.wtotal:
+            self.noted_by[app.wtotal] = app.source - 1
+
+    def checked(self, app: App, d: Divergence | None) -> None:
+        if d is not None:
+            self.diverged_in.add(app.source - 1)
+
+    def _monitor_divergence(self) -> None:
+        """The check reports a divergence in an incarnation iff one of the prefixes it
+        compared differs from what the incarnation that noted it wrote (byte for byte)."""
+        truth = {
+            i
+            for i, n, j in self.compared
+            if j >= 0 and bytes(self.outputs[i][:n]) != bytes(self.outputs[j][:n])
+        }
+        for i in sorted(truth - self.diverged_in):
+            self.violations.append(f"inv5: incarnation {i} diverged unreported")
+        for i in sorted(self.diverged_in - truth):
+            self.violations.append(f"inv5: incarnation {i} reported a divergence it did not have")
 
     # -- plumbing
     def to_kernel(self, s: Seg) -> None:
@@ -1080,7 +1157,12 @@ class World:
                 self.c2s.send(now, o)
         for cid, a in self.logger.step(now):
             conn = self.ssw.conn
-            if conn is not None and cid in (None, conn.conn_id):
+            if isinstance(a, ReadsAck):
+                self.ssw.reads_logged(a)
+                if self.app is not None:
+                    self.app.step_output(now)
+                self._drain()
+            elif conn is not None and cid == conn.conn_id:
                 self.ssw.feed(a)
                 self._drain()
         self._maybe_restart()
@@ -1116,6 +1198,7 @@ class World:
         instream = b"".join(d for k, d in app.logic.reads if k == ReadKind.DATA) if app else b""
         if instream != bytes(self.client.out):
             self.violations.append("the application did not read exactly the client's bytes")
+        self._monitor_divergence()
         if self.ssw.conn is not None:
             self.traces += self.ssw.conn.trace
         return Result(
@@ -1128,6 +1211,7 @@ class World:
             to_client=self.sent_to_client,
             fabricated=dict(self.fabricated),
             trace=self.traces,
+            divergences=len(self.diverged_in),
         )
 
     def summary(self) -> str:

@@ -19,10 +19,8 @@ from ftcp.core.events import (
     PSH,
     RST,
     SYN,
-    AllowWrite,
-    BlockWrite,
     ClientSegment,
-    CloseRequest,
+    CloseReported,
     Deliver,
     Direction,
     Drop,
@@ -32,14 +30,12 @@ from ftcp.core.events import (
     Log,
     LoggerAck,
     ProcessDied,
-    ReadLogged,
     ReadReported,
     Rebuild,
     ReplayDone,
     ServerSegment,
     StartRecovery,
     Timer,
-    WriteRequest,
 )
 from ftcp.core.records import (
     Close,
@@ -239,7 +235,7 @@ def test_logged_client_fin_is_acked_once_even_if_the_kernel_ack_went_out_clamped
 ) -> None:
     """Server closed first: the kernel's ack of the client's FIN was its last segment."""
     c = established(policy=policy())
-    c.handle(CloseRequest(0.0, 1, CloseHow.CLOSE))
+    c.handle(CloseReported(0.0, CloseHow.CLOSE))
     c.handle(sseg(9001, 1001, ACK | FIN))
     c.handle(cseg(1001, 9002, ACK | FIN))
     c.handle(sseg(9002, 1002))  # clamped (Basic) or held (Lazy)
@@ -316,39 +312,15 @@ def test_clamping_through_a_connection(c_isn: int, steps, scales) -> None:
         edge_prev, kedge_prev = edge, kedge
 
 
-# --------------------------------------------------------------- invariant 3: output commit
+# ------------------------------------------- read results (their order: test_commit.py)
 
 
-def test_write_blocked_while_reads_unlogged() -> None:
+def test_read_results_are_logged() -> None:
     c = established()
-    assert c.handle(WriteRequest(0.0, 1, 10)) == [AllowWrite(1)]
     r = ReadResult(7, 0, ReadKind.DATA, 5)
     assert c.handle(ReadReported(0.0, r)) == [Log(r)]
-    assert c.unstable_reads == 1
-    assert c.handle(WriteRequest(0.0, 2, 10)) == [BlockWrite(2, 1)]
-    assert c.handle(WriteRequest(0.0, 3, 10)) == [BlockWrite(3, 1)]  # queued behind 2
-    c.handle(ReadReported(0.0, ReadResult(7, 1, ReadKind.EAGAIN)))
-    assert c.handle(ReadLogged(0.0, 0)) == []  # read 1 is still unlogged
-    assert c.handle(ReadLogged(0.0, 1)) == [AllowWrite(2), AllowWrite(3)]
-    assert c.unstable_reads == 0
-
-
-def test_write_after_order_is_app_wide() -> None:
-    c = established()
-    # the app's latest read (order 5) was on another socket: wait for it
-    assert c.handle(WriteRequest(0.0, 1, 10, after_order=5)) == [BlockWrite(1, 0)]
-    assert c.handle(ReadLogged(0.0, 4)) == []
-    assert c.handle(ReadLogged(0.0, 5)) == [AllowWrite(1)]
-
-
-def test_close_is_output_committed_and_logged() -> None:
-    c = established()
-    c.handle(ReadReported(0.0, ReadResult(7, 0, ReadKind.EOF)))
-    assert c.handle(CloseRequest(0.0, 9, CloseHow.CLOSE)) == [BlockWrite(9, 1)]
-    fin = sseg(9001, 1001, ACK | FIN)
-    acts = c.handle(fin)  # the close has not run: this FIN is unexplained
-    assert StartRecovery(7, "FIN/RST from the server TCP without close") in acts
-    assert c.state is State.CRASHED
+    with pytest.raises(LocalProtocolError, match="read result of conn 8"):
+        c.handle(ReadReported(0.0, ReadResult(8, 1, ReadKind.EOF)))
 
 
 # ------------------------------------------------------------------- invariant 4: close
@@ -356,10 +328,7 @@ def test_close_is_output_committed_and_logged() -> None:
 
 def test_fin_after_shutdown_passes_rst_needs_close() -> None:
     c = established()
-    assert c.handle(CloseRequest(0.0, 1, CloseHow.SHUT_WR)) == [
-        Log(Close(7, CloseHow.SHUT_WR)),
-        AllowWrite(1),
-    ]
+    assert c.handle(CloseReported(0.0, CloseHow.SHUT_WR)) == [Log(Close(7, CloseHow.SHUT_WR))]
     fin = sseg(9001, 1001, ACK | FIN)
     assert of(c.handle(fin), Deliver) and c.state is State.ESTABLISHED
     rst = sseg(9002, 1001, RST | ACK)
@@ -369,7 +338,7 @@ def test_fin_after_shutdown_passes_rst_needs_close() -> None:
 
 def test_rst_after_close_passes() -> None:
     c = established()
-    c.handle(CloseRequest(0.0, 1, CloseHow.CLOSE))
+    c.handle(CloseReported(0.0, CloseHow.CLOSE))
     rst = sseg(9001, 1001, RST | ACK)
     acts = c.handle(rst)
     assert of(acts, Deliver)[0].ident == rst.ident
@@ -388,7 +357,7 @@ def test_unexplained_close_starts_recovery(flags: int) -> None:
 
 def test_process_death_after_close_needs_no_recovery() -> None:
     c = established()
-    c.handle(CloseRequest(0.0, 1, CloseHow.CLOSE))
+    c.handle(CloseReported(0.0, CloseHow.CLOSE))
     assert c.handle(ProcessDied(1.0)) == []
     assert c.state is State.ESTABLISHED
 

@@ -24,15 +24,13 @@ from ftcp.core.events import (
     PSH,
     RST,
     SYN,
-    AllowWrite,
     ClientSegment,
-    CloseRequest,
+    CloseReported,
     Deliver,
     Drop,
     Log,
     LoggerAck,
     ProcessDied,
-    ReadLogged,
     ReadReported,
     Rebuild,
     ReplayDone,
@@ -123,8 +121,7 @@ def closed_both_ways(c: Connection) -> tuple[int, int]:
     c.handle(sseg(k1, C_ISN + 13, now=3.2))  # the kernel acks the client's FIN
     assert c.delivered_ack == C_ISN + 13
     c.handle(ReadReported(3.3, ReadResult(7, 1, ReadKind.EOF)))
-    c.handle(ReadLogged(3.4, 1))
-    assert AllowWrite(1) in c.handle(CloseRequest(3.5, 1, CloseHow.SHUT_WR))
+    assert not of(c.handle(CloseReported(3.5, CloseHow.SHUT_WR)), StartRecovery)
     data_fin = sseg(k1, C_ISN + 13, ACK | PSH | FIN, plen=5, now=3.6)
     (d,) = of(c.handle(data_fin), Deliver)
     assert out_seq(d, data_fin) == S_ISN + 7  # translated
@@ -140,7 +137,7 @@ def test_late_kernel_rst_after_both_fins_is_dropped(app_closed: bool) -> None:
     c = recovered()
     k_end, c_end = closed_both_ways(c)
     if app_closed:
-        c.handle(CloseRequest(3.75, 2, CloseHow.CLOSE))
+        c.handle(CloseReported(3.75, CloseHow.CLOSE))
     # the ack waited in SSW past the kernel's loss probe: the FIN again, translated
     tlp = sseg(k_end - 1, C_ISN + 13, ACK | FIN, now=3.8)
     (d,) = of(c.handle(tlp), Deliver)
@@ -160,7 +157,7 @@ def test_late_kernel_rst_after_both_fins_is_dropped(app_closed: bool) -> None:
     acts = c.handle(again)
     assert [a.ident for a in of(acts, Drop)] == [again.ident] and not of(acts, Deliver)
     if not app_closed:  # the application's close comes later: no recovery, no error
-        assert AllowWrite(2) in c.handle(CloseRequest(3.9, 2, CloseHow.CLOSE))
+        assert not of(c.handle(CloseReported(3.9, CloseHow.CLOSE)), StartRecovery)
         assert c.handle(ProcessDied(4.0)) == [] and c.state is State.CLOSED
 
 
@@ -171,8 +168,7 @@ def test_rst_after_close_still_passes_translated_while_the_client_may_send() -> 
     c = recovered()
     k1 = N_ISN + 1
     c.handle(ReadReported(3.0, ReadResult(7, 1, ReadKind.EAGAIN)))
-    c.handle(ReadLogged(3.1, 1))
-    assert AllowWrite(1) in c.handle(CloseRequest(3.2, 1, CloseHow.CLOSE))
+    assert not of(c.handle(CloseReported(3.2, CloseHow.CLOSE)), StartRecovery)
     c.handle(sseg(k1, C_ISN + 12, ACK | FIN, now=3.3))
     c.handle(cseg(C_ISN + 12, S_ISN + 8, now=3.4))  # the client acks the FIN
     c.handle(cseg(C_ISN + 12, S_ISN + 8, payload=b"late", now=3.5))
@@ -188,8 +184,7 @@ def test_rst_without_close_before_the_client_fin_still_starts_recovery() -> None
     did not ask for is a crash."""
     c = recovered()
     c.handle(ReadReported(3.0, ReadResult(7, 1, ReadKind.EAGAIN)))
-    c.handle(ReadLogged(3.1, 1))
-    assert AllowWrite(1) in c.handle(CloseRequest(3.2, 1, CloseHow.SHUT_WR))
+    assert not of(c.handle(CloseReported(3.2, CloseHow.SHUT_WR)), StartRecovery)
     c.handle(sseg(N_ISN + 1, C_ISN + 12, ACK | FIN, now=3.3))
     c.handle(cseg(C_ISN + 12, S_ISN + 8, now=3.4))
     rst = sseg(N_ISN + 2, 0, RST, now=3.5)

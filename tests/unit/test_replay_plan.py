@@ -1,4 +1,4 @@
-"""Recovery planning: SYN, delta_seq, refill, read replay, write trimming, divergence."""
+"""Recovery planning (SYN, delta_seq, refill) and the outstream check (invariant 5)."""
 
 from __future__ import annotations
 
@@ -19,15 +19,7 @@ from ftcp.core.records import (
     SynOptions,
     WriteMark,
 )
-from ftcp.core.replay import (
-    DivergenceError,
-    OutstreamDigest,
-    ReadReplayer,
-    WriteFilter,
-    outstream_checksum,
-    plan_recovery,
-    recovery_order,
-)
+from ftcp.core.replay import OutstreamCheck, outstream_crc, plan_recovery, recovery_order
 from ftcp.errors import LocalProtocolError
 
 u32 = st.integers(0, seq.MASK)
@@ -166,113 +158,70 @@ def test_recovery_order() -> None:
     assert [lg.handshake.accept_order for lg in recovery_order(logs)] == [1, 2, 3]
 
 
-# ---------------------------------------------------------------------------- reads
+# ------------------------------------------------------ invariant 5: the outstream check
 
 
-reads_strategy = st.lists(
-    st.one_of(
-        st.tuples(st.just(ReadKind.DATA), st.integers(1, 40)),
-        st.tuples(st.just(ReadKind.EAGAIN), st.just(0)),
-    ),
-    max_size=20,
+@given(
+    st.binary(min_size=1, max_size=300),
+    st.lists(st.integers(1, 60), max_size=12),
+    st.lists(st.integers(1, 60), max_size=12),
+    st.integers(-1, 299),
 )
+def test_outstream_check_compares_equal_prefixes(
+    stream: bytes, cuts_before, cuts_after, flip: int
+) -> None:
+    """Points noted before the crash and checked in replay, at any (different) write
+    boundaries: a divergence is found exactly when a compared prefix differs, at the
+    first such point, once."""
+
+    def points(data: bytes, cuts) -> list[tuple[int, int]]:
+        out, pos, crc = [], 0, 0
+        for n in [*cuts, len(data)]:
+            chunk = data[pos : pos + n]
+            crc = outstream_crc(chunk, crc)
+            pos += len(chunk)
+            out.append((pos, crc))
+        return out
+
+    regenerated = bytearray(stream)
+    if 0 <= flip < len(stream):
+        regenerated[flip] ^= 0x01
+    check = OutstreamCheck()
+    before = points(stream, cuts_before)
+    for total, crc in before:
+        check.note(7, total, crc)
+    noted = {t for t, _ in before}
+    found = [check.check(7, t, c, "replay") for t, c in points(bytes(regenerated), cuts_after)]
+    hits = [d for d in found if d is not None]
+    compared = sorted(t for t, _ in points(stream, cuts_after) if t in noted)
+    differs = [t for t in compared if t > flip >= 0]
+    assert len(hits) == (1 if differs else 0)
+    if differs:
+        assert hits[0].conn_id == 7 and hits[0].offset == differs[0]
+    check.new_recovery()  # reported again in the next recovery
+    if differs:
+        assert check.check(7, differs[0], outstream_crc(bytes(regenerated[: differs[0]])), "x")
 
 
-@given(st.binary(min_size=0, max_size=400), reads_strategy, st.booleans())
-def test_replay_reproduces_read_results(data: bytes, script, eof: bool) -> None:
-    """Run an original 'application' over the instream, log its read results, replay them."""
-    results, pos = [], 0
-    for order, (kind, n) in enumerate(script):
-        if kind == ReadKind.DATA:
-            n = min(n, len(data) - pos)
-            if n == 0:
-                kind = ReadKind.EAGAIN
-            pos += n
-        results.append(ReadResult(1, order, kind, n if kind == ReadKind.DATA else 0))
-    if eof:
-        results.append(ReadResult(1, len(results), ReadKind.EOF))
-    p = plan_recovery(make_log(instream=data, reads=results))
-    rp = p.read_replayer()
-    served = []
-    available = 0
-    while not rp.done:
-        r = rp.read(max_len=1000, available=available)
-        if not r.ready:  # the refill is still under way
-            assert available < r.length
-            available = len(data)
-            continue
-        served.append(ReadResult(1, r.order, r.kind, r.length))
-        if r.kind == ReadKind.DATA:
-            assert r.data == data[rp.consumed - r.length : rp.consumed]
-            available -= r.length
-    assert served == results
-    assert rp.read(10, 10).kind is None  # live from now on
+def test_outstream_crc_is_castagnoli() -> None:
+    assert outstream_crc(b"123456789") == 0xE3069283
+    assert outstream_crc(b"56789", outstream_crc(b"1234")) == 0xE3069283
+    assert outstream_crc(b"") == 0
 
 
-def test_read_asking_for_less_than_logged_diverges() -> None:
-    rp = ReadReplayer(1, [ReadResult(1, 0, ReadKind.DATA, 8)], b"abcdefgh")
-    with pytest.raises(DivergenceError, match="read diverged"):
-        rp.read(max_len=4, available=8)
-    rp = ReadReplayer(1, [ReadResult(1, 0, ReadKind.DATA, 8)], b"abcdefgh", "record")
-    r = rp.read(max_len=4, available=8)
-    assert r.length == 4 and rp.divergences[0].offset == 0
+def test_a_forgotten_connection_is_not_checked() -> None:
+    check = OutstreamCheck()
+    check.note(7, 3, outstream_crc(b"abc"))
+    assert check.check(7, 3, outstream_crc(b"abd"), "replay") is not None
+    check.forget(7)
+    assert check.check(7, 3, outstream_crc(b"abd"), "replay") is None
 
 
-# --------------------------------------------------------------------------- writes
+def test_unreplayable_read_is_a_divergence() -> None:
+    d = OutstreamCheck().unreplayable(7, 4, "SHORT_BUFFER, 10")
+    assert (d.conn_id, d.offset) == (7, -1) and "read 4" in d.detail
 
 
-@given(st.binary(max_size=300), st.lists(st.integers(0, 60), max_size=30), st.integers(0, 300))
-def test_write_filter_trims_straddling_writes(stream: bytes, cuts, discard: int) -> None:
-    discard = min(discard, len(stream))
-    wf = WriteFilter(1, discard)
-    sent, pos = b"", 0
-    for n in [*cuts, len(stream)]:
-        chunk = stream[pos : pos + n]
-        pos += len(chunk)
-        f = wf.write(chunk)
-        assert f.discard + f.send == len(chunk)
-        sent += chunk[f.discard :]
-    assert sent == stream[discard:]
-    assert wf.total == len(stream) and not wf.discarding
-
-
-def test_straddling_write_example() -> None:
-    wf = WriteFilter(1, discard=5)
-    assert (wf.write(b"abc").discard, wf.write(b"defg").discard, wf.write(b"hi").discard) == (
-        3,
-        2,
-        0,
-    )
-
-
-def _marks(stream: bytes, every: int) -> list[WriteMark]:
-    d, marks = OutstreamDigest(1), []
-    for i in range(0, len(stream), every):
-        marks.append(d.update(stream[i : i + every]))
-    return marks
-
-
-def test_divergence_reported_with_offset() -> None:
-    stream = bytes(range(200))
-    marks = _marks(stream, 50)  # checkpoints at 50, 100, 150, 200
-    assert marks[-1].checksum == outstream_checksum(stream)
-    ok = WriteFilter(1, 120, marks)
-    for i in range(0, 200, 7):
-        ok.write(stream[i : i + 7])
-    assert ok.verified == 200 and not ok.divergences
-    bad = bytearray(stream)
-    bad[117] ^= 0xFF  # regenerated output differs inside the discarded prefix
-    wf = WriteFilter(1, 120, marks, on_divergence="record")
-    for i in range(0, 200, 7):
-        wf.write(bytes(bad[i : i + 7]))
-    d = wf.divergences[0]
-    assert (d.what, d.offset, d.verified) == ("write", 150, 100)
-    with pytest.raises(DivergenceError, match="offset 150 \\(verified up to 100\\)"):
-        w2 = WriteFilter(1, 0, marks)
-        w2.write(bytes(bad))
-
-
-def test_plan_helpers_share_the_discard() -> None:
-    p = plan_recovery(make_log(acked=4, write_mark=WriteMark(1, 9, outstream_checksum(b"x" * 9))))
-    wf = p.write_filter()
-    assert wf.discard == 4 and wf.write(b"x" * 9).send == 5 and wf.verified == 9
+def test_plan_discard_is_the_acknowledged_output() -> None:
+    p = plan_recovery(make_log(acked=4))
+    assert p.discard == 4

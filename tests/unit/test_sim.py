@@ -1,5 +1,7 @@
-"""Sans-IO simulation: client TCP ⇄ faulty link ⇄ SSW core ⇄ toy kernel ⇄ NSW ⇄ app, with an
-in-memory logger; the server crashes at every step and recovers through replay.py.
+"""Sans-IO simulation: client TCP ⇄ faulty link ⇄ SSW core ⇄ toy kernel ⇄ toy shim ⇄ app,
+with an in-memory logger; the server crashes at every step and recovers, through the
+same core objects production runs (`Connection`, `OutputCommit`, `plan_recovery`,
+`OutstreamCheck`).
 
 `simnet` checks invariants 1-6 as the run goes (see its module docstring); here we
 assert that no violation was recorded and the client's stream is exactly the one
@@ -16,8 +18,9 @@ import simnet
 from simnet import Config, Result, run
 
 from ftcp.core import conn as conn_mod
+from ftcp.core.commit import OutputCommit
 from ftcp.core.conn import Connection
-from ftcp.core.replay import RecoveryPlan
+from ftcp.core.replay import Divergence, OutstreamCheck, RecoveryPlan
 
 POLICIES = ("conditional", "lazy", "eager", "basic")
 
@@ -144,10 +147,43 @@ def test_monitor_catches_early_synack() -> None:
     assert any(v.startswith("inv2") for v in r.violations)
 
 
-def test_monitor_catches_output_before_reads_logged(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(Connection, "_output_allowed", lambda self, after: True)
-    r = run(Config(seed=1, logger_delay=(0.005, 0.02)))
+@pytest.mark.parametrize("early", [1, 1000])
+def test_monitor_catches_output_before_reads_logged(
+    monkeypatch: pytest.MonkeyPatch, early: int
+) -> None:
+    """Production's write gate (`OutputCommit`, what the engine publishes to the shim)
+    releasing one read too early, or every read at once, is caught (one read early
+    shows when requests are pipelined: a read that completes one follows at once)."""
+    real = OutputCommit.logged
+    monkeypatch.setattr(OutputCommit, "logged", lambda self, n: real(self, n + early))
+    r = run(Config(seed=1, logger_delay=(0.005, 0.02), pipelined=True))
     assert any(v.startswith("output commit") for v in r.violations)
+
+
+@pytest.mark.parametrize("policy", ["lazy", "conditional"])
+def test_nondeterministic_server_divergence_is_reported(policy: str) -> None:
+    """A server that writes something other than its inputs (its incarnation): every
+    divergence the replay meets is reported (`OutstreamCheck`), and nothing else."""
+    results = sweep({"seed": 1, "policy": policy, "nondeterministic": True})
+    assert all(not r.violations for r in results), [r.violations[:3] for r in results]
+    assert sum(r.divergences for r in results) > len(results) // 3
+
+
+def test_monitor_catches_a_replay_check_that_misses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(OutstreamCheck, "check", lambda self, cid, total, crc, where: None)
+    results = sweep({"seed": 1, "nondeterministic": True})
+    assert any(any(v.startswith("inv5") for v in r.violations) for r in results)
+
+
+def test_monitor_catches_a_replay_check_that_cries_wolf(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = OutstreamCheck.check
+
+    def off_by_one(self, cid: int, total: int, crc: int, where: str) -> Divergence | None:
+        return real(self, cid, total, crc ^ 1, where)
+
+    monkeypatch.setattr(OutstreamCheck, "check", off_by_one)
+    results = sweep({"seed": 1})
+    assert any(any(v.startswith("inv5") for v in r.violations) for r in results)
 
 
 def test_monitor_catches_unexplained_close() -> None:

@@ -3,9 +3,9 @@
 Sans-IO: `Connection.handle(input) -> list[Action]`; `get_timer()` says when to
 feed `Timer(now)`. The SSW packet loop feeds `ClientSegment`/`ServerSegment`
 and carries out `Deliver`/`Drop`/`Hold`/`Fabricate`; the supervisor feeds
-`LoggerAck`/`ReadLogged`/`ProcessDied`/`Rebuild`/`Finish` and sends `Log`
-records; the NSW agent feeds `ReadReported`/`WriteRequest`/`CloseRequest`/
-`ReplayDone` and obeys `AllowWrite`/`BlockWrite`.
+`LoggerAck`/`ProcessDied`/`Rebuild`/`Finish` and sends `Log` records; the NSW
+side feeds `ReadReported` (a read result to log; its ordering and output commit,
+invariant 3, are `ftcp.core.commit`'s), `CloseReported` and `ReplayDone`.
 
 What is enforced here:
 
@@ -14,7 +14,6 @@ What is enforced here:
    server TCP's own ack; the window is widened so the right edge stays where
    the kernel put it, within the limits stated on `clamp_ack_window`;
 2. handshake commit: the SYN-ACK is held until the logger has the `Handshake`;
-3. output commit: a write/close waits while an earlier read result is unlogged;
 4. a FIN/RST from the server's TCP passes only after NSW reported a
    shutdown/close; otherwise it is dropped and `StartRecovery` is emitted;
 
@@ -31,7 +30,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from ftcp.core import seq
 from ftcp.core.ackpolicy import AckPolicy, AckView, Basic
@@ -41,10 +40,8 @@ from ftcp.core.events import (
     RST,
     SYN,
     Action,
-    AllowWrite,
-    BlockWrite,
     ClientSegment,
-    CloseRequest,
+    CloseReported,
     Deliver,
     Direction,
     Drop,
@@ -57,7 +54,6 @@ from ftcp.core.events import (
     LoggerAck,
     OutSegment,
     ProcessDied,
-    ReadLogged,
     ReadReported,
     Rebuild,
     Repaired,
@@ -67,7 +63,6 @@ from ftcp.core.events import (
     ServerSegment,
     StartRecovery,
     Timer,
-    WriteRequest,
 )
 from ftcp.core.records import (
     Close,
@@ -110,9 +105,7 @@ class Trigger(enum.Enum):
     HANDSHAKE_LOGGED = enum.auto()
     LOGGER_ACK = enum.auto()
     READ_REPORTED = enum.auto()
-    READ_LOGGED = enum.auto()
-    WRITE_REQUEST = enum.auto()
-    CLOSE_REQUEST = enum.auto()
+    CLOSE_REPORTED = enum.auto()
     TIMER = enum.auto()
     PROCESS_DIED = enum.auto()
     APP_GONE = enum.auto()  # the process died after closing this socket: nothing to do
@@ -134,7 +127,7 @@ _SERVER_ALL = (
     T.SERVER_RESET,
     T.SERVER_UNEXPLAINED,
 )
-_NSW = (T.READ_REPORTED, T.READ_LOGGED, T.WRITE_REQUEST, T.CLOSE_REQUEST)
+_NSW = (T.READ_REPORTED, T.CLOSE_REPORTED)
 
 
 def _same(state: State, *triggers: Trigger) -> dict[Trigger, State]:
@@ -147,7 +140,7 @@ TRANSITIONS: dict[State, dict[Trigger, State]] = {
         T.CLIENT_SYN: S.SYN_RECEIVED,
         T.RESTORE: S.CRASHED,
         T.FINISH: S.CLOSED,
-        **_same(S.LISTEN, T.TIMER, T.READ_LOGGED),
+        **_same(S.LISTEN, T.TIMER),
     },
     S.SYN_RECEIVED: {
         T.SERVER_SYNACK: S.SYN_RCVD_UNLOGGED,
@@ -159,7 +152,7 @@ TRANSITIONS: dict[State, dict[Trigger, State]] = {
         T.PROCESS_DIED: S.CLOSED,
         T.APP_GONE: S.CLOSED,
         T.FINISH: S.CLOSED,
-        **_same(S.SYN_RECEIVED, *_CLIENT_SELF, T.LOGGER_ACK, T.TIMER, T.READ_LOGGED),
+        **_same(S.SYN_RECEIVED, *_CLIENT_SELF, T.LOGGER_ACK, T.TIMER),
     },
     S.SYN_RCVD_UNLOGGED: {
         T.HANDSHAKE_LOGGED: S.ESTABLISHED,
@@ -177,7 +170,6 @@ TRANSITIONS: dict[State, dict[Trigger, State]] = {
             T.SERVER_FIN,
             T.LOGGER_ACK,
             T.TIMER,
-            T.READ_LOGGED,
         ),
     },
     S.ESTABLISHED: {
@@ -209,7 +201,6 @@ TRANSITIONS: dict[State, dict[Trigger, State]] = {
             *_SERVER_ALL,
             T.HANDSHAKE_LOGGED,
             T.LOGGER_ACK,
-            T.READ_LOGGED,
             T.TIMER,
             T.PROCESS_DIED,
             T.APP_GONE,
@@ -232,7 +223,6 @@ TRANSITIONS: dict[State, dict[Trigger, State]] = {
             T.SERVER_UNEXPLAINED,
             T.HANDSHAKE_LOGGED,
             T.LOGGER_ACK,
-            T.READ_LOGGED,
             T.TIMER,
         ),
     },
@@ -330,13 +320,6 @@ class _Coverage:
             self.end = end
 
 
-@dataclass(frozen=True, slots=True)
-class _Blocked:
-    ident: int
-    after_order: int | None
-    close: CloseHow | None
-
-
 class Connection:
     """One protected connection as SSW (and the NSW agent) see it."""
 
@@ -387,10 +370,7 @@ class Connection:
         # application (NSW)
         self.app_shut_wr = False
         self.app_closed = False
-        self._pending_reads: list[int] = []  # orders of this socket's unlogged reads
-        self._reads_logged_upto = -1
-        self._blocked: list[_Blocked] = []
-        self._closes_logged = 0
+        self._closes_seen = 0
         # what SSW knows of both sides
         self.ip_packets = 0
         self.client_window = 0
@@ -505,8 +485,10 @@ class Connection:
         return self.state in (State.CRASHED, State.REPLAY_SYN_SENT, State.REPLAYING)
 
     @property
-    def unstable_reads(self) -> int:
-        return len(self._pending_reads)
+    def logs_reads(self) -> bool:
+        """A server TCP connection exists: the application's read results on it are
+        logged (before that, and in recovery, it cannot read from this connection)."""
+        return self.state in _LIVE
 
     @property
     def refilling(self) -> bool:
@@ -538,12 +520,8 @@ class Connection:
                 self._on_logger_ack(ev)
             case ReadReported():
                 self._on_read_reported(ev)
-            case ReadLogged():
-                self._on_read_logged(ev)
-            case WriteRequest():
-                self._on_output(ev.ident, ev.after_order, None, T.WRITE_REQUEST, ev)
-            case CloseRequest():
-                self._on_output(ev.ident, ev.after_order, ev.how, T.CLOSE_REQUEST, ev)
+            case CloseReported():
+                self._on_close_reported(ev)
             case Timer():
                 self._on_timer(ev)
             case ProcessDied():
@@ -1042,50 +1020,20 @@ class Connection:
         if r.conn_id != self.conn_id:
             raise LocalProtocolError(f"conn {self.conn_id}: read result of conn {r.conn_id}")
         self._emit(Log(r))
-        if r.order > self._reads_logged_upto:
-            self._pending_reads.append(r.order)
         self._set_state(nxt)
 
-    def _on_read_logged(self, ev: ReadLogged) -> None:
-        nxt = self._next(T.READ_LOGGED, ev)
-        if ev.upto > self._reads_logged_upto:
-            self._reads_logged_upto = ev.upto
-            self._pending_reads = [o for o in self._pending_reads if o > ev.upto]
-            while self._blocked and self._output_allowed(self._blocked[0].after_order):
-                b = self._blocked.pop(0)
-                self._allow(b)
+    def _on_close_reported(self, ev: CloseReported) -> None:
+        nxt = self._next(T.CLOSE_REPORTED, ev)
+        how = ev.how
+        if how in (CloseHow.SHUT_WR, CloseHow.SHUT_RDWR, CloseHow.CLOSE):
+            self.app_shut_wr = True
+        if how is CloseHow.CLOSE:
+            self.app_closed = True
+        self._closes_seen += 1
+        replayed = self.plan is not None and self._closes_seen <= len(self.plan.closes)
+        if not replayed:
+            self._emit(Log(Close(self.conn_id, how)))
         self._set_state(nxt)
-
-    def _output_allowed(self, after_order: int | None) -> bool:
-        if after_order is not None:
-            return after_order <= self._reads_logged_upto and not [
-                o for o in self._pending_reads if o <= after_order
-            ]
-        return not self._pending_reads
-
-    def _on_output(
-        self, ident: int, after_order: int | None, how: CloseHow | None, trig: Trigger, ev: Input
-    ) -> None:
-        nxt = self._next(trig, ev)
-        b = _Blocked(ident, after_order, how)
-        if not self._blocked and self._output_allowed(after_order):
-            self._allow(b)
-        else:
-            self._blocked.append(b)
-            self._emit(BlockWrite(ident, self.unstable_reads))
-        self._set_state(nxt)
-
-    def _allow(self, b: _Blocked) -> None:
-        if b.close is not None:
-            if b.close in (CloseHow.SHUT_WR, CloseHow.SHUT_RDWR, CloseHow.CLOSE):
-                self.app_shut_wr = True
-            if b.close is CloseHow.CLOSE:
-                self.app_closed = True
-            self._closes_logged += 1
-            replayed = self.plan is not None and self._closes_logged <= len(self.plan.closes)
-            if not replayed:
-                self._emit(Log(Close(self.conn_id, b.close)))
-        self._emit(AllowWrite(b.ident))
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -1125,10 +1073,8 @@ class Connection:
         for h in self._held:
             self._emit(Drop(h.ident, "server crashed"))
         self._held.clear()
-        self._blocked.clear()
-        self._pending_reads.clear()
         self.app_shut_wr = self.app_closed = False
-        self._closes_logged = 0
+        self._closes_seen = 0
         self._frozen_ack = seq.max_(self.ack_limit, self.delivered_ack)
         self._rebuilt = False
         self._refill_done = True

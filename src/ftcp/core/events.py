@@ -106,41 +106,13 @@ class ReadReported:
 
 
 @dataclass(frozen=True, slots=True)
-class ReadLogged:
-    """The logger confirmed every read result with `order <= upto` (app-wide)."""
+class CloseReported:
+    """NSW saw the application shut down or close the socket (before the call runs,
+    after the process's output commit: `ftcp.core.commit`). Invariant 4: from now on
+    a FIN (or, after a close, an RST) from the server's TCP is the application's."""
 
     now: float
-    upto: int
-
-
-@dataclass(frozen=True, slots=True)
-class WriteRequest:
-    """NSW asks whether a write of `length` bytes may proceed.
-
-    `after_order`: the app-wide order of the application's latest read result
-    before this write (any socket). When given, the write waits until the logger
-    confirmed reads up to it (output commit across connections); when None, it
-    waits for this connection's own unstable reads.
-    """
-
-    now: float
-    ident: int
-    length: int
-    after_order: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CloseRequest:
-    """NSW saw the application shut down or close the socket (before it runs).
-
-    A close is output (the client sees a FIN), so it is committed like a write:
-    answered with `AllowWrite`/`BlockWrite` under the same `ident` space.
-    """
-
-    now: float
-    ident: int
     how: CloseHow
-    after_order: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,9 +189,7 @@ Input = (
     | ServerSegment
     | LoggerAck
     | ReadReported
-    | ReadLogged
-    | WriteRequest
-    | CloseRequest
+    | CloseReported
     | Timer
     | ProcessDied
     | Rebuild
@@ -316,21 +286,6 @@ class Fabricate:
 
 
 @dataclass(frozen=True, slots=True)
-class AllowWrite:
-    """Write (or close) `ident` may proceed: every earlier read result is logged."""
-
-    ident: int
-
-
-@dataclass(frozen=True, slots=True)
-class BlockWrite:
-    """Write (or close) `ident` must wait; an `AllowWrite(ident)` follows later."""
-
-    ident: int
-    unstable_reads: int
-
-
-@dataclass(frozen=True, slots=True)
 class StartRecovery:
     """SSW saw a FIN/RST the application did not ask for: the process died."""
 
@@ -338,4 +293,4 @@ class StartRecovery:
     reason: str
 
 
-Action = Deliver | Drop | Hold | Log | Fabricate | AllowWrite | BlockWrite | StartRecovery
+Action = Deliver | Drop | Hold | Log | Fabricate | StartRecovery

@@ -1,23 +1,24 @@
-"""Recovery planning from logged records (DESIGN.md "Recovery after a process crash").
+"""Recovery from logged records (DESIGN.md "Recovery after a process crash",
+invariant 5), sans-IO.
 
-`plan_recovery(log)` turns one `ConnectionLog` into a `RecoveryPlan`: the SYN
-to fabricate, the third ack, the instream to refill, the read results to
-replay, how many output bytes to discard and the sequence/timestamp mapping.
-The same plan drives both sides of recovery:
+`plan_recovery(log)` turns one `ConnectionLog` into a `RecoveryPlan`: the
+read results to replay, how many output bytes to discard, the instream to
+refill, and the handshake and sequence/timestamp mapping of the rebuild. The
+same plan drives both sides of recovery:
 
 * SSW's `Connection` (`Rebuild(now, plan)`): SYN, third ack, refill,
   translation by `delta_seq` and the timestamp offset;
-* NSW's agent: `plan.read_replayer()` answers each read of the restarted
-  application with the logged result, `plan.write_filter()` swallows the
-  first `discard` output bytes and checks the regenerated outstream against
-  the logged checksums (divergence detection).
+* the NSW shim: it serves `plan.reads` to the restarted application as its
+  script (each read returns exactly the logged result) and swallows its first
+  `plan.discard` output bytes.
 
-Everything is sans-IO: no sockets, no clock.
+`OutstreamCheck` is invariant 5's check: the output the restarted application
+regenerates must be the output it produced before the crash, compared as
+`(bytes, CRC-32C)` points the shim reports (`outstream_crc`).
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -29,13 +30,11 @@ from ftcp.core.records import (
     Close,
     CloseHow,
     ConnectionLog,
-    ReadKind,
     ReadLog,
-    ReadResult,
     SynOptions,
     WriteMark,
 )
-from ftcp.errors import FtcpError, LocalProtocolError
+from ftcp.errors import LocalProtocolError
 
 TS_HZ = 1000  # assumed timestamp clock of the server's TCP (Linux: 1 kHz)
 TS_UNKNOWN_JUMP = 1 << 30  # forward jump when the last TSval sent is unknown
@@ -44,36 +43,87 @@ DEFAULT_MSS = 536
 _FIN_CLOSES = (CloseHow.SHUT_WR, CloseHow.SHUT_RDWR, CloseHow.CLOSE)
 
 
-def outstream_checksum(data: bytes, prev: int = 0) -> int:
-    """Running checksum of an outstream (CRC-32, chained): what `WriteMark` carries."""
-    return zlib.crc32(data, prev)
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+        table.append(c)
+    return tuple(table)
+
+
+_CRC_TABLE = _crc_table()
+
+
+def outstream_crc(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
+    """CRC-32C (Castagnoli) of `data`, continuing from `crc`: the running checksum of
+    an outstream, as the shim computes it (in C, with the CPU's crc32 instruction)."""
+    c = crc ^ 0xFFFFFFFF
+    t = _CRC_TABLE
+    for b in bytes(data):
+        c = t[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
 class Divergence:
-    """Replay produced something other than what was logged (a nondeterministic server).
-
-    `offset`: the outstream byte offset (or read order, for `what="read"`) where
-    the mismatch was detected; `verified`: the outstream is known to agree up to
-    this offset.
-    """
+    """Replay produced something other than what was logged (a nondeterministic server):
+    on connection `conn_id`, at outstream byte `offset` (-1: a read could not be
+    replayed)."""
 
     conn_id: int
-    what: str  # "write" | "read"
     offset: int
-    verified: int
     detail: str
 
 
-class DivergenceError(FtcpError):
-    """Raised by the replay helpers when their policy is `"raise"`."""
+class OutstreamCheck:
+    """Invariant 5's check, for one application across its restarts.
 
-    def __init__(self, divergence: Divergence) -> None:
-        super().__init__(
-            f"connection {divergence.conn_id}: {divergence.what} diverged at offset "
-            f"{divergence.offset} (verified up to {divergence.verified}): {divergence.detail}"
+    Before a crash the shim reports each connection's output so far, `(total bytes,
+    CRC-32C)`, at every live read and at a close (`note`). In replay it reports the
+    same after each replayed read that moved it, where the discarded prefix ends, and
+    where replay ends (`check`): where the same prefix was noted before, the two must
+    agree. Prefixes are compared at equal byte offsets, so a server whose threads
+    interleave reads and writes differently from one run to the next still agrees.
+    A connection diverges at most once per recovery (`new_recovery`).
+    """
+
+    __slots__ = ("_marks", "_diverged")
+
+    def __init__(self) -> None:
+        self._marks: dict[int, dict[int, int]] = {}  # conn -> {output bytes: their CRC}
+        self._diverged: set[int] = set()
+
+    def note(self, conn_id: int, total: int, crc: int) -> None:
+        """The application had written `total` bytes with CRC `crc` (live)."""
+        if total:
+            self._marks.setdefault(conn_id, {})[total] = crc
+
+    def check(self, conn_id: int, total: int, crc: int, where: str) -> Divergence | None:
+        """The replayed application has written `total` bytes with CRC `crc`."""
+        want = self._marks.get(conn_id, {}).get(total)
+        if want is None or want == crc or conn_id in self._diverged:
+            return None
+        self._diverged.add(conn_id)
+        return Divergence(
+            conn_id,
+            total,
+            f"{where}: the first {total} output bytes have crc {crc:#010x}, "
+            f"before the crash {want:#010x}",
         )
-        self.divergence = divergence
+
+    def unreplayable(self, conn_id: int, index: int, why: str) -> Divergence:
+        """The shim could not return logged read `index` as it was (`why`)."""
+        return Divergence(conn_id, -1, f"read {index} could not be replayed ({why})")
+
+    def new_recovery(self) -> None:
+        self._diverged.clear()
+
+    def forget(self, conn_id: int) -> None:
+        """The connection is over: its points are not needed any more."""
+        self._marks.pop(conn_id, None)
+        self._diverged.discard(conn_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,14 +313,6 @@ class RecoveryPlan:
             ts_ecr=ts_ecr if self.ts_ok else None,
         )
 
-    # --------------------------------------------------------------- NSW helpers
-
-    def read_replayer(self, on_divergence: str = "raise") -> ReadReplayer:
-        return ReadReplayer(self.conn_id, self.reads, self.instream, on_divergence)
-
-    def write_filter(self, on_divergence: str = "raise") -> WriteFilter:
-        return WriteFilter(self.conn_id, self.discard, self.write_marks, on_divergence)
-
 
 def plan_recovery(
     log: ConnectionLog,
@@ -355,197 +397,3 @@ def plan_recovery(
 def recovery_order(logs: Sequence[ConnectionLog]) -> list[ConnectionLog]:
     """Connections in their original accept order (DESIGN.md step 4)."""
     return sorted(logs, key=lambda lg: lg.handshake.accept_order)
-
-
-# ------------------------------------------------------------------ NSW: reads
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayRead:
-    """The answer to one read call of the restarted application.
-
-    `kind is None`: replay is over, do the real read (the connection is live).
-    `ready=False`: return nothing yet; wait until `length` bytes are readable
-    (the refill is still under way), then ask again.
-    Otherwise return exactly the logged result: `length` bytes (`data` is what
-    the log says they are), EOF, or EAGAIN.
-    """
-
-    kind: ReadKind | None
-    length: int = 0
-    data: bytes = b""
-    order: int = -1
-    ready: bool = True
-
-
-_LIVE = ReplayRead(kind=None)
-
-
-class ReadReplayer:
-    """Serves the logged read results of one connection, in order."""
-
-    __slots__ = ("conn_id", "_reads", "_instream", "_i", "_pos", "_policy", "divergences")
-
-    def __init__(
-        self,
-        conn_id: int,
-        reads: Sequence[ReadResult],
-        instream: bytes,
-        on_divergence: str = "raise",
-    ) -> None:
-        self.conn_id = conn_id
-        self._reads = list(reads)
-        self._instream = instream
-        self._i = 0
-        self._pos = 0  # instream bytes consumed by replayed reads
-        self._policy = on_divergence
-        self.divergences: list[Divergence] = []
-
-    @property
-    def done(self) -> bool:
-        return self._i >= len(self._reads)
-
-    @property
-    def consumed(self) -> int:
-        """Instream bytes handed to the application so far."""
-        return self._pos
-
-    @property
-    def remaining(self) -> int:
-        return len(self._reads) - self._i
-
-    def peek(self) -> ReadResult | None:
-        """The next logged result (its `order` sequences whole-history replay)."""
-        return self._reads[self._i] if self._i < len(self._reads) else None
-
-    def read(self, max_len: int, available: int) -> ReplayRead:
-        """A read of up to `max_len` bytes while `available` are readable in the kernel."""
-        r = self.peek()
-        if r is None:
-            return _LIVE
-        if r.kind == ReadKind.DATA:
-            if max_len < r.length:
-                self._diverge(
-                    r.order, f"read asks for {max_len} bytes, the log returned {r.length}"
-                )
-                r = ReadResult(r.conn_id, r.order, r.kind, max_len)  # best effort
-            if available < r.length:
-                return ReplayRead(ReadKind.DATA, r.length, order=r.order, ready=False)
-            data = self._instream[self._pos : self._pos + r.length]
-            self._pos += r.length
-            self._i += 1
-            return ReplayRead(ReadKind.DATA, r.length, data, r.order)
-        self._i += 1
-        return ReplayRead(r.kind, 0, b"", r.order)
-
-    def _diverge(self, order: int, detail: str) -> None:
-        d = Divergence(self.conn_id, "read", order, self._pos, detail)
-        self.divergences.append(d)
-        if self._policy == "raise":
-            raise DivergenceError(d)
-
-
-# ----------------------------------------------------------------- NSW: writes
-
-
-class OutstreamDigest:
-    """NSW's running count and checksum of one outstream (normal operation)."""
-
-    __slots__ = ("conn_id", "total", "checksum")
-
-    def __init__(self, conn_id: int) -> None:
-        self.conn_id = conn_id
-        self.total = 0
-        self.checksum = 0
-
-    def update(self, data: bytes) -> WriteMark:
-        self.checksum = outstream_checksum(data, self.checksum)
-        self.total += len(data)
-        return WriteMark(self.conn_id, self.total, self.checksum)
-
-
-@dataclass(frozen=True, slots=True)
-class FilteredWrite:
-    """What to do with one write: swallow `discard` leading bytes, send the rest."""
-
-    discard: int
-    send: int
-
-
-class WriteFilter:
-    """Discards the first `discard` output bytes of the restarted application.
-
-    A write that straddles the boundary is trimmed: its head is swallowed, its
-    tail goes to the kernel. Every byte, swallowed or not, feeds a running
-    checksum compared against each logged `WriteMark`; a mismatch is a
-    `Divergence` at that mark's offset (verified up to the previous mark).
-    """
-
-    __slots__ = (
-        "conn_id",
-        "discard",
-        "total",
-        "checksum",
-        "_marks",
-        "_mi",
-        "_verified",
-        "_policy",
-        "divergences",
-    )
-
-    def __init__(
-        self,
-        conn_id: int,
-        discard: int,
-        marks: Sequence[WriteMark] = (),
-        on_divergence: str = "raise",
-    ) -> None:
-        if discard < 0:
-            raise ValueError("discard must be >= 0")
-        self.conn_id = conn_id
-        self.discard = discard
-        self.total = 0
-        self.checksum = 0
-        self._marks = sorted(marks, key=lambda m: m.total)
-        self._mi = 0
-        self._verified = 0
-        self._policy = on_divergence
-        self.divergences: list[Divergence] = []
-
-    @property
-    def discarding(self) -> bool:
-        """Still swallowing already-acknowledged output."""
-        return self.total < self.discard
-
-    @property
-    def verified(self) -> int:
-        return self._verified
-
-    def write(self, data: bytes) -> FilteredWrite:
-        start = self.total
-        swallow = max(0, min(len(data), self.discard - start))
-        pos = 0
-        while self._mi < len(self._marks) and self._marks[self._mi].total <= start + len(data):
-            m = self._marks[self._mi]
-            cut = m.total - start
-            if cut >= pos:
-                self.checksum = outstream_checksum(data[pos:cut], self.checksum)
-                pos = cut
-            self._mi += 1
-            if self.checksum != m.checksum:
-                d = Divergence(
-                    self.conn_id,
-                    "write",
-                    m.total,
-                    self._verified,
-                    f"checksum {self.checksum:#010x} != logged {m.checksum:#010x}",
-                )
-                self.divergences.append(d)
-                if self._policy == "raise":
-                    self.total = start + pos
-                    raise DivergenceError(d)
-            else:
-                self._verified = m.total
-        self.checksum = outstream_checksum(data[pos:], self.checksum)
-        self.total = start + len(data)
-        return FilteredWrite(swallow, len(data) - swallow)

@@ -9,11 +9,12 @@ shim) inside an asyncio loop. Each shim process that needs it connects once
   application's last close, or until the supervisor calls `drop`/`take_fd`;
 * assigns ``conn_id`` and the mode (normal or replay) through
   `AgentHandler.on_accept`;
-* numbers live read results with one application-wide ``order`` (1, 2, ...)
-  in the order the reports arrive, and calls `AgentHandler.on_read`;
-* publishes output commit: `mark_logged(order)` (thread-safe) tells every
-  session that its reads up to ``order`` are logged, via the session's
-  shared page; with ``auto_log=True`` every read counts as logged at once;
+* hands each live read result to `AgentHandler.on_read` with its session and
+  its number in that session (1, 2, ...), in the order the reports arrive;
+* carries out output commit (`ftcp.core.commit` decides): `publish(session,
+  count)` writes a session's released count to its shared page, where the
+  shim waits for it before a write; with ``auto_log=True`` every read counts
+  as released at once (a test without a logger);
 * reports shutdown/close before it happens (`AgentHandler.on_close`, then
   the held duplicate is closed, then the shim is acked);
 * tells the supervisor which connections lost their last process
@@ -33,8 +34,8 @@ it, it is an orphan.  The end of a registered session is, as before, checked
 against ``/proc`` (an exec'd image may still hold the socket).  A voluntary
 exit (exit, _exit) reports its closes first (the shim).
 
-Every method except `mark_logged` runs in the agent's loop thread;
-`AgentThread` runs an agent in a thread of its own (tests, simple tools).
+Every method runs in the agent's loop thread; `AgentThread` runs an agent in
+a thread of its own (tests, simple tools).
 """
 
 from __future__ import annotations
@@ -127,11 +128,11 @@ class AgentHandler:
         return Normal()
 
     def on_read(
-        self, conn_id: int, order: int, kind: Kind, value: int, wtotal: int, wcrc: int
+        self, session: int, seq: int, conn_id: int, kind: Kind, value: int, wtotal: int, wcrc: int
     ) -> None:
-        """A live read result; ``order`` is application-wide. ``value``: length or errno.
-
-        ``wtotal``/``wcrc`` are the connection's output (bytes, CRC-32C) at that read.
+        """Live read ``seq`` (1, 2, ... in its session) on ``conn_id``; ``value``: the
+        length or errno. ``wtotal``/``wcrc``: the connection's output (bytes, CRC-32C)
+        at that read.
         """
 
     def on_replay_read(
@@ -191,8 +192,7 @@ class _Session:
         self.id = session_id
         self.info: SessionInfo | None = None
         self.holds: set[int] = set()
-        self.pending: collections.deque[tuple[int, int]] = collections.deque()  # (order, seq)
-        self.last_seq = 0
+        self.last_seq = 0  # its last live read
         self.out: collections.deque[tuple[bytes, list[int]]] = collections.deque()
         self.paused = False
         self.closed = False
@@ -212,7 +212,7 @@ class _Session:
         self._waiters = ctypes.c_uint32.from_buffer(self.page, 12)
 
     def publish(self, seq: int) -> None:
-        """Every live read of this session with seq <= `seq` is logged."""
+        """Every live read of this session with seq <= `seq` is released."""
         self._logged.value = seq  # one aligned 8-byte store
         self._futex.value = seq & 0xFFFFFFFF
         if self._waiters.value and _SYS_FUTEX is not None:
@@ -339,9 +339,7 @@ class Agent:
         self.auto_log = auto_log
         self._next_conn = first_conn_id
         self._next_session = 1
-        self._next_order = 1
-        self._logged_order = 0
-        self._lock = threading.Lock()  # pending/page vs mark_logged from other threads
+        self._unpublished: set[_Session] = set()  # auto_log: sessions with reads to release
         self._sessions: dict[int, _Session] = {}
         self.conns: dict[int, _Conn] = {}
         self._children: dict[int, _Child] = {}  # pid -> announced child without a session
@@ -387,23 +385,11 @@ class Agent:
         """Environment entries that put an application under this agent."""
         return {"LD_PRELOAD": os.fspath(shim), "FTCP_NSW_SOCK": self.path, "FTCP_PORT": str(port)}
 
-    @property
-    def last_order(self) -> int:
-        """Order of the last live read reported (0: none yet)."""
-        return self._next_order - 1
-
-    def mark_logged(self, order: int) -> None:
-        """Reads with order <= `order` are durably logged (thread-safe)."""
-        with self._lock:
-            if order <= self._logged_order:
-                return
-            self._logged_order = order
-            for s in list(self._sessions.values()):
-                seq = 0
-                while s.pending and s.pending[0][0] <= order:
-                    seq = s.pending.popleft()[1]
-                if seq and not s.closed:
-                    s.publish(seq)
+    def publish(self, session_id: int, count: int) -> None:
+        """Reads 1..`count` of session `session_id` are released: its writes may go."""
+        s = self._sessions.get(session_id)
+        if s is not None and not s.closed:
+            s.publish(count)
 
     def fd(self, conn_id: int) -> int | None:
         """The agent's duplicate of a protected socket (still owned by the agent)."""
@@ -452,16 +438,18 @@ class Agent:
                 sock.close()
                 continue
             self._next_session += 1
-            with self._lock:
-                self._sessions[s.id] = s
+            self._sessions[s.id] = s
             self._loop.add_reader(sock.fileno(), self._on_readable, s)
 
     def _on_readable(self, s: _Session) -> None:
         try:
             self._drain(s)
         finally:
-            if self.auto_log and self._logged_order < self._next_order - 1:
-                self.mark_logged(self._next_order - 1)  # once per batch, not per read
+            if self._unpublished:  # auto_log: once per batch, not per read
+                for u in self._unpublished:
+                    if not u.closed:
+                        u.publish(u.last_seq)
+                self._unpublished.clear()
 
     def _drain(self, s: _Session) -> None:
         if s.draining:  # re-entered (a child's HELLO drains its parent first)
@@ -624,14 +612,10 @@ class Agent:
     def _on_live_read(
         self, s: _Session, cid: int, seq: int, kind: Kind, value: int, wtotal: int, wcrc: int
     ) -> None:
-        if seq != s.last_seq + 1:
-            raise RemoteProtocolError(f"nsw: read seq {seq} after {s.last_seq}")
         s.last_seq = seq
-        with self._lock:
-            order = self._next_order
-            self._next_order += 1
-            s.pending.append((order, seq))
-        self.handler.on_read(cid, order, kind, value, wtotal, wcrc)
+        if self.auto_log:
+            self._unpublished.add(s)  # a parent's reads may be drained in its child's turn
+        self.handler.on_read(s.id, seq, cid, kind, value, wtotal, wcrc)
 
     def _on_accept(self, s: _Session, msg: proto.Accept, fd: int) -> None:
         assert s.info is not None
@@ -782,9 +766,8 @@ class Agent:
             for f in queued:
                 os.close(f)
         s.out.clear()
-        with self._lock:
-            self._sessions.pop(s.id, None)
-            s.release_page()
+        self._sessions.pop(s.id, None)
+        s.release_page()
         if s.pidfd is not None:
             os.close(s.pidfd)
             s.pidfd = None
@@ -1027,6 +1010,3 @@ class AgentThread:
             return r
 
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
-
-    def mark_logged(self, order: int) -> None:
-        self.agent.mark_logged(order)

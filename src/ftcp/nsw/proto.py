@@ -80,6 +80,7 @@ import enum
 import struct
 from dataclasses import dataclass
 
+from ftcp.core.replay import outstream_crc
 from ftcp.errors import RemoteProtocolError
 
 VERSION = 1
@@ -372,24 +373,4 @@ def hold(conn_id: int) -> bytes:
 
 # ---- CRC-32C (Castagnoli), the shim's output checksum ----------------------
 
-
-def _crc_table() -> list[int]:
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
-        table.append(c)
-    return table
-
-
-_CRC_TABLE = _crc_table()
-
-
-def crc32c(data: bytes, crc: int = 0) -> int:
-    """CRC-32C of `data`, continuing from `crc` (as the shim computes it)."""
-    c = crc ^ 0xFFFFFFFF
-    t = _CRC_TABLE
-    for b in data:
-        c = t[(c ^ b) & 0xFF] ^ (c >> 8)
-    return c ^ 0xFFFFFFFF
+crc32c = outstream_crc  # the check's own function (`ftcp.core.replay`)

@@ -226,7 +226,7 @@ static void warn_once(const char *what)
 }
 
 /* ------------------------------------------------------------------ */
-/* CRC-32C (Castagnoli); same as ftcp.nsw.proto.crc32c                */
+/* CRC-32C (Castagnoli); same as ftcp.core.replay.outstream_crc         */
 /* ------------------------------------------------------------------ */
 
 static uint32_t crc_tab[256];

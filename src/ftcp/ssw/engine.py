@@ -19,11 +19,11 @@ Verdicts are flushed once per receive batch (and after every logger ack or
 agent event that released held packets).
 
 Other inputs reach the connections through `on_logger_acks` (the
-`LoggerClient` callback) and `AgentBridge` (the NSW agent's handler): read
-reports are numbered in the logger's read order (from 0, contiguous over
-*protected* reads), logged, and published to the shim (`Agent.mark_logged`)
-once the logger's `ReadsAck` covers them; closes become `CloseRequest`s
-answered before the agent acks the shim.
+`LoggerClient` callback) and the NSW side's public calls (`ftcp.nsw.bridge`):
+`on_read` puts each read result in the application's read order
+(`ftcp.core.commit.OutputCommit`, invariant 3), logs the protected ones, and
+`publish`es each process's released count once the logger's `ReadsAck` covers
+its reads; `on_close` reports a shutdown/close to its connection.
 
 `ack_trace` (a text file, optional) receives one line
 ``<wall time> <conn_id> <client ip> <client port> <ack_limit>`` whenever a
@@ -46,19 +46,18 @@ import itertools
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
 from ftcp.core import seq, wire
 from ftcp.core.ackpolicy import make_policy
+from ftcp.core.commit import OutputCommit
 from ftcp.core.conn import Connection, State
 from ftcp.core.events import (
     Action,
-    AllowWrite,
-    BlockWrite,
     ClientSegment,
-    CloseRequest,
+    CloseReported,
     Deliver,
     Direction,
     Drop,
@@ -68,7 +67,6 @@ from ftcp.core.events import (
     Input,
     Log,
     LoggerAck,
-    ReadLogged,
     ReadReported,
     Rewrite,
     ServerSegment,
@@ -78,8 +76,6 @@ from ftcp.core.events import (
 from ftcp.core.packet import ACK, FIN, RST, SYN, PacketError, TcpPacket, build_tcp, encode_options
 from ftcp.core.records import CloseHow, ReadKind, ReadResult, Record, SynOptions
 from ftcp.errors import FtcpError
-from ftcp.nsw.agent import AcceptInfo, AgentHandler, Decision, Normal, SessionInfo
-from ftcp.nsw.proto import How, Kind
 from ftcp.ssw.nfqueue import Queue, QueuedPacket
 
 log = logging.getLogger("ftcp.ssw")
@@ -135,7 +131,7 @@ class Engine:
         injector: Any,
         ack_strategy: str = "lazy",
         send_records: Callable[[list[Record]], object] | None = None,
-        mark_logged: Callable[[int], None] | None = None,
+        publish: Callable[[int, int], None] | None = None,
         ack_trace: IO[str] | None = None,
         linger: float = 30.0,
         conn_id_base: int | None = None,
@@ -146,7 +142,10 @@ class Engine:
         self.injector = injector
         self.ack_strategy = ack_strategy
         self.send_records = send_records
-        self.mark_logged = mark_logged
+        # invariant 3: `publish(source, count)` tells a process its reads up to `count`
+        # are released (the NSW agent writes it to the shim's shared page)
+        self.commit = OutputCommit()
+        self.publish = publish
         self.ack_trace = ack_trace
         self.linger = linger
         self.stats = EngineStats()
@@ -170,16 +169,8 @@ class Engine:
         self._core_timers: dict[int, tuple[float, Conn]] = {}
         self._touched: dict[int, Conn] = {}
         self._lingering: list[tuple[float, int, Conn]] = []
-        # conns fed a read report: the only ones a ReadsAck can concern
-        self._reading: dict[int, Conn] = {}
-        # read order: (agent order, logger order or None for an unprotected read)
-        self._reads: collections.deque[tuple[int, int | None]] = collections.deque()
-        self._next_log_order = 0
-        self._logged_next = 0  # logger: every read order < this is durable
         # ack trace only: (logger order, conn, bytes read) of reads not yet durable
         self._trace_reads: collections.deque[tuple[int, Conn, int]] = collections.deque()
-        self._waiting: dict[int, asyncio.Future[None]] = {}  # close idents blocked
-        self._close_ids = itertools.count(1)
         self.on_recovery_needed: Callable[[int, str], None] | None = None
         self.fatal: BaseException | None = None
         # recovery hooks (ftcp.recovery): while `syn_gate` is a list, new client SYNs wait
@@ -201,9 +192,6 @@ class Engine:
                 self._loop.remove_reader(self.queue.fileno())
         if self._timer is not None:
             self._timer.cancel()
-        for fut in self._waiting.values():
-            if not fut.done():
-                fut.cancel()
         self._send_logs()
         if self.ack_trace is not None:
             with contextlib.suppress(Exception):
@@ -346,7 +334,6 @@ class Engine:
             self.by_id.pop(oid, None)
             self._core_timers.pop(oid, None)
             self._touched.pop(oid, None)
-            self._reading.pop(oid, None)
         cid = next(self._ids)
         core = Connection(
             cid,
@@ -396,12 +383,6 @@ class Engine:
                 self._verdict_drop(a.ident)  # type: ignore[union-attr]
             elif t is Fabricate:
                 self._fabricate(c, a)  # type: ignore[arg-type]
-            elif t is AllowWrite:
-                fut = self._waiting.pop(a.ident, None)  # type: ignore[union-attr]
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
-            elif t is BlockWrite:
-                pass  # the waiter stays until AllowWrite
             elif t is StartRecovery:
                 log.error(
                     "ssw: conn %d (client %s:%d): %s",
@@ -596,7 +577,6 @@ class Engine:
             del self.by_id[cid]
             self._core_timers.pop(cid, None)
             self._touched.pop(cid, None)
-            self._reading.pop(cid, None)
 
     def _owner(self, ident: int) -> Conn | None:
         entry = self._pkts.get(ident)
@@ -612,7 +592,8 @@ class Engine:
     # ------------------------------------------------------------------- logger
 
     def on_logger_acks(self, acks: list[wire.Ack]) -> None:
-        """`LoggerClient(on_ack=...)`: watermarks become `LoggerAck`/`ReadLogged` inputs."""
+        """`LoggerClient(on_ack=...)`: stream watermarks become `LoggerAck` inputs, the
+        read watermark releases output (`OutputCommit`)."""
         now = self._now()
         streams: dict[int, tuple[int, int]] = {}
         for a in acks:
@@ -625,7 +606,7 @@ class Engine:
             elif t is wire.StreamAck:
                 streams[a.conn_id] = (a.stable_seq, a.ack_limit)  # type: ignore[union-attr]
             elif t is wire.ReadsAck:
-                self._reads_acked(a.next_order, now)  # type: ignore[union-attr]
+                self._reads_acked(a.next_order)  # type: ignore[union-attr]
         for cid, (stable, limit) in streams.items():
             c = self.by_id.get(cid)
             if c is not None:
@@ -633,86 +614,72 @@ class Engine:
                 self._maybe_finish(c, now)
         self._after_batch()
 
-    # ---------------------------------------------------------------- NSW reads
+    # ------------------------------------------------------------------- NSW
 
-    def on_read(self, conn_id: int, order: int, kind: int, value: int) -> None:
-        now = self._now()
+    def on_read(self, source: int, seq_no: int, conn_id: int, kind: ReadKind, value: int) -> None:
+        """Process `source` reported its live read `seq_no` on `conn_id` (`value`: the
+        length, or the errno of an error): it takes its place in the read order, and is
+        logged if the connection is protected."""
         c = self.by_id.get(conn_id)
-        log_order: int | None = None
-        if c is not None and c.core.state in (State.ESTABLISHED, State.REPLAYING, State.CLOSED):
-            log_order = self._next_log_order
-            self._next_log_order += 1
-            r = ReadResult(conn_id, log_order, ReadKind(int(kind)), value)
+        protected = c is not None and c.core.logs_reads
+        order = self.commit.read(source, seq_no, conn_id, protected)
+        if order is not None:
+            assert c is not None
+            r = ReadResult(conn_id, order, kind, value)
             if self.ack_trace is not None:
-                self._trace_reads.append((log_order, c, value if r.kind is ReadKind.DATA else 0))
-            self._reading[conn_id] = c
-            self._feed(c, ReadReported(now, r))
+                self._trace_reads.append((order, c, value if kind is ReadKind.DATA else 0))
+            self._feed(c, ReadReported(self._now(), r))
+            self._schedule_flush()
         else:
-            log.debug("ssw: read on unprotected conn %d (order %d) not logged", conn_id, order)
-        self._reads.append((order, log_order))
-        if log_order is None:
-            self._advance_reads()
-        self._schedule_flush()
+            log.debug("ssw: read %d of source %d on unprotected conn %d", seq_no, source, conn_id)
+            self._publish()
 
-    def _reads_acked(self, next_order: int, now: float) -> None:
-        if next_order <= self._logged_next:
-            return
-        self._logged_next = next_order
+    def end_source(self, source: int) -> None:
+        """Process `source` is gone (its reads keep their places in the order)."""
+        self.commit.end(source)
+
+    def _reads_acked(self, next_order: int) -> None:
+        self.commit.logged(next_order)
         if self._trace_reads:
             self._trace_logged_reads(next_order)
-        done = []
-        for cid, c in self._reading.items():
-            if c.core.unstable_reads:
-                self._feed(c, ReadLogged(now, next_order - 1))
-            if not c.core.unstable_reads:
-                done.append(cid)
-        for cid in done:
-            del self._reading[cid]
-        self._advance_reads()
+        self._publish()
 
-    def _advance_reads(self) -> None:
-        upto: int | None = None
-        reads = self._reads
-        while reads and (reads[0][1] is None or reads[0][1] < self._logged_next):
-            upto = reads.popleft()[0]
-        if upto is not None and self.mark_logged is not None:
-            self.mark_logged(upto)
+    def _publish(self) -> None:
+        moved = self.commit.releases()
+        if moved and self.publish is not None:
+            for source, count in moved.items():
+                self.publish(source, count)
 
-    # ---------------------------------------------------------------- NSW other
-
-    def conn_for_accept(self, info: AcceptInfo) -> int | None:
+    def conn_for_accept(self, local: tuple[str, int], remote: tuple[str, int]) -> int | None:
         """The conn id SSW gave the connection the application just accepted."""
-        try:
-            cip = socket.inet_aton(info.remote[0])
-            sip = socket.inet_aton(info.local[0])
-        except OSError:
-            return None
-        c = self.conns.get((cip, info.remote[1], sip, info.local[1]))
+        c = self.conn_by_addr(local, remote)
         if c is None:
             return None
         c.accepted = True
         return c.core.conn_id
 
+    def conn_by_addr(self, local: tuple[str, int], remote: tuple[str, int]) -> Conn | None:
+        """The protected connection from `remote` to `local` (IPv4), if any."""
+        try:
+            cip = socket.inet_aton(remote[0])
+            sip = socket.inet_aton(local[0])
+        except OSError:
+            return None
+        return self.conns.get((cip, remote[1], sip, local[1]))
+
     def new_unprotected_id(self) -> int:
         return next(self._ids)
 
-    async def on_close(self, conn_id: int, how: How) -> None:
+    def on_close(self, conn_id: int, how: CloseHow) -> None:
+        """The application shuts down or closes `conn_id` (its output commit is done)."""
         c = self.by_id.get(conn_id)
         if c is None:
             return
-        ident = next(self._close_ids)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting[ident] = fut
-        if how == How.CLOSE:
+        if how is CloseHow.CLOSE:
             c.app_closed = True
-        self._trace_event(c, f"close {How(how).name}")
-        done = self._feed(c, CloseRequest(self._now(), ident, CloseHow(int(how))))
+        self._trace_event(c, f"close {how.name}")
+        self._feed(c, CloseReported(self._now(), how))
         self._schedule_flush()
-        if done is None:  # the core refused it (no live connection): nothing to wait for
-            self._waiting.pop(ident, None)
-            return
-        if ident in self._waiting:
-            await fut
 
     # ------------------------------------------------- recovery hooks (ftcp.recovery)
 
@@ -742,7 +709,7 @@ class Engine:
                     "state": core.state.name,
                     "stable_seq": core.stable_seq,
                     "server_seq": core.server_seq,
-                    "unstable_reads": core.unstable_reads,
+                    "unstable_reads": self.commit.unstable(core.conn_id),
                     "unlogged_bytes": core.unlogged_bytes,
                     "logged_bytes": core.logged_bytes,
                     "finished": c.finished_at is not None,
@@ -775,38 +742,3 @@ def apply_rewrite(pkt: TcpPacket, rw: Rewrite) -> None:
             raise ValueError(f"SACK rewrite changes the block count {len(old)} -> {len(rw.sack)}")
         edges = iter([e for block in rw.sack for e in block])
         pkt.map_sack(lambda _e: next(edges))
-
-
-class AgentBridge(AgentHandler):
-    """The NSW agent's handler: accepts, reads and closes go to the engine."""
-
-    def __init__(self, engine: Engine, on_orphans: Callable[[list[int]], None] | None = None):
-        self.engine = engine
-        self.on_orphans = on_orphans
-
-    def on_accept(self, info: AcceptInfo) -> Decision:
-        cid = self.engine.conn_for_accept(info)
-        if cid is None:
-            log.warning(
-                "nsw: accepted %s:%d not seen by SSW: unprotected", info.remote[0], info.remote[1]
-            )
-            cid = self.engine.new_unprotected_id()
-        return Normal(conn_id=cid)
-
-    def on_read(
-        self, conn_id: int, order: int, kind: Kind, value: int, wtotal: int, wcrc: int
-    ) -> None:
-        self.engine.on_read(conn_id, order, kind, value)
-
-    def on_close(self, conn_id: int, how: How, wtotal: int, wcrc: int) -> Awaitable[None]:
-        return self.engine.on_close(conn_id, how)
-
-    def on_session_end(self, session: SessionInfo, orphans: list[int]) -> None:
-        if orphans:
-            log.error(
-                "nsw: process %d died holding connections %s (recovery not implemented yet)",
-                session.pid,
-                orphans,
-            )
-            if self.on_orphans is not None:
-                self.on_orphans(orphans)
