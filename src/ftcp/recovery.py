@@ -6,8 +6,8 @@
    connection gets `ProcessDied` (the core enters CRASHED: nothing the dead
    connection emits reaches the client, closed-window acks keep the client in
    step); the agent still holds a duplicate of every accepted socket, so the
-   death itself emitted no FIN/RST. New SYNs to the port wait in the engine's
-   `syn_gate` until recovery ends (held, not refused);
+   death itself emitted no FIN/RST. New SYNs to the port are held by the
+   engine until recovery ends (`hold_syns`: held, not refused);
 2. *fetch*: the records the crash produced, then a RECOVER, go down the
    logger link (the logger answers once everything before the request is
    durable: no separate sync round trip); the answer streams in, and each
@@ -65,8 +65,7 @@ from typing import Any
 from ftcp import sockdiag
 from ftcp.appproc import AppProcess
 from ftcp.core.conn import State
-from ftcp.core.events import Finish, InstreamArrived, ProcessDied, Rebuild, Repaired, ReplayDone
-from ftcp.core.packet import ACK, RST, build_tcp
+from ftcp.core.events import InstreamArrived, Rebuild, Repaired, ReplayDone
 from ftcp.core.records import Arrival, ConnectionLog
 from ftcp.core.replay import Divergence, OutstreamCheck, RecoveryPlan, plan_recovery
 from ftcp.nsw.agent import AcceptInfo, Agent, Decision, Replay, SessionInfo, process_alive
@@ -79,9 +78,6 @@ log = logging.getLogger("ftcp.recovery")
 
 _RESTARTING = (State.CRASHED, State.REPLAY_SYN_SENT, State.REPLAYING)
 LISTEN_POLL = 0.001
-REFILL_CHUNK = 60000  # refill segments go over loopback (MTU 64 KiB): fewer, larger
-# (not 65000: that skb no longer fits a 64 KiB allocation, its truesize doubles, which
-# the rebuilt socket's window accounting pays for; no gain was measured with it)
 PRESUM_STEP = 32  # checksum blocks (8 KiB) summed per event loop turn (~0.4 ms)
 STABLE_AFTER = 10.0  # a process that lived this long resets the restart count
 
@@ -333,7 +329,7 @@ class Recovery:
     @property
     def active(self) -> bool:
         """A recovery is under way (SYNs are held)."""
-        return self.engine.syn_gate is not None
+        return self.engine.holding_syns
 
     def transfer(self) -> asyncio.Future[None] | None:
         """The rest of a log transfer under way (done when the answer is all in), or None."""
@@ -359,7 +355,7 @@ class Recovery:
         """The application (first incarnation or a restart) is running."""
         self.pid = proc.pid
         self._started_at = self._now()
-        self.engine.app_alive = self._app_alive
+        self.engine.app_started(self._app_alive)
 
     def close(self) -> None:
         """Stop any rebuild under way (the run is ending)."""
@@ -386,19 +382,14 @@ class Recovery:
         if now - self._started_at > STABLE_AFTER:
             self.restarts_in_row = 0
         eng = self.engine
-        if eng.syn_gate is None:
-            eng.syn_gate = []
+        eng.hold_syns()
         for task in (self._task, self._fetching):  # the previous attempt's
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._task = self._fetching = None
-        for c in list(eng.conns.values()):
-            c.accepted = False
-            if c.finished_at is None and c.core.state is not State.CLOSED:
-                eng.feed(c, ProcessDied(now))
-        crashed = [c for c in eng.conns.values() if c.core.state is State.CRASHED]
+        crashed = eng.app_died(now)
         print(
             f"ftcp run: the application died from signal {_signame(rc)}; recovering "
             f"{len(crashed)} connection(s)",
@@ -463,7 +454,7 @@ class Recovery:
         refill takes what is there, `InstreamArrived` says when there is more) while
         `self._fetching` waits for the end of the answer."""
         eng, client = self.engine, self.client
-        eng._send_logs()  # noqa: SLF001 - the records the crash produced
+        eng.send_logs()  # the records the crash produced
         want = {c.core.conn_id: c for c in crashed}
         box: list[_LogFetch] = []
 
@@ -569,7 +560,6 @@ class Recovery:
                     continue
                 self.agent.drop(cid, silent=True)
                 self._evict_leftover(c)
-                c.core.refill_chunk = REFILL_CHUNK
                 eng.feed(c, Rebuild(self._now(), plan, repair=self.restore == "repair"))
                 while (
                     c.core.state is State.REPLAY_SYN_SENT
@@ -712,17 +702,8 @@ class Recovery:
         )
 
     def _reset_client(self, c: Conn) -> None:
-        core = c.core
-        cip, cport, sip, sport = c.key
-        try:
-            raw = build_tcp(
-                sip, cip, sport, cport, core.snd_nxt, core.ack_limit, RST | ACK, 0, b"", b""
-            )
-            self.engine.injector.send(raw)
-        except (OSError, ValueError) as e:
-            log.error("recovery: conn %d: cannot reset the client: %s", core.conn_id, e)
-        self.agent.drop(core.conn_id, silent=True)
-        self.engine.feed(c, Finish(self._now()))
+        self.engine.reset_client(c)
+        self.agent.drop(c.core.conn_id, silent=True)
 
     # ------------------------------------------------------------- divergence
 

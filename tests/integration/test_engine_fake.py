@@ -172,7 +172,7 @@ def test_reads_released_to_the_processes_that_read_them() -> None:
         eng.on_read(2, 1, b, ReadKind.DATA, 20)
         eng.on_read(1, 2, a, ReadKind.DATA, 30)
         eng.on_read(2, 2, 999, ReadKind.DATA, 5)  # no such connection: not logged
-        eng._send_logs()
+        eng.send_logs()
         reads = [r for batch in sent for r in batch if isinstance(r, ReadResult)]
         got = [(r.conn_id, r.order, r.length) for r in reads]
         assert got == [(a, 0, 10), (b, 1, 20), (a, 2, 30)]

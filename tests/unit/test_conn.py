@@ -33,6 +33,7 @@ from ftcp.core.events import (
     ReadReported,
     Rebuild,
     ReplayDone,
+    ResetClient,
     ServerSegment,
     StartRecovery,
     Timer,
@@ -375,6 +376,16 @@ def crashed(now: float = 1.0, **kw) -> Connection:
     c.handle(ProcessDied(now))
     assert c.state is State.CRASHED
     return c
+
+
+def test_reset_client_gives_the_client_a_reset_and_ends_the_connection() -> None:
+    c = crashed()
+    acts = c.handle(ResetClient(2.0))
+    (f,) = of(acts, Fabricate)
+    assert f.direction is Direction.TO_CLIENT and f.segment.flags == RST | ACK
+    assert f.segment.seq == c.snd_nxt and f.segment.ack == c.ack_limit
+    assert Log(Finished(7)) in acts and c.state is State.CLOSED
+    assert c.handle(ResetClient(2.1)) == []  # over already: nothing more
 
 
 def test_closed_window_acks_while_crashed() -> None:

@@ -58,6 +58,7 @@ from ftcp.core.events import (
     Rebuild,
     Repaired,
     ReplayDone,
+    ResetClient,
     Rewrite,
     SackBlocks,
     ServerSegment,
@@ -114,6 +115,7 @@ class Trigger(enum.Enum):
     REPAIR_SYNACK = enum.auto()  # the rebuilt SYN-ACK, when TCP_REPAIR will finish the job
     REPAIRED = enum.auto()  # the accepted socket was rebuilt with TCP_REPAIR
     REPLAY_DONE = enum.auto()
+    RESET_CLIENT = enum.auto()  # give up on the connection: the client gets a reset
     FINISH = enum.auto()
 
 
@@ -134,7 +136,8 @@ def _same(state: State, *triggers: Trigger) -> dict[Trigger, State]:
     return dict.fromkeys(triggers, state)
 
 
-# The whole state machine: state -> trigger -> next state.
+# The whole state machine: state -> trigger -> next state (and, from every state,
+# RESET_CLIENT -> CLOSED: added below).
 TRANSITIONS: dict[State, dict[Trigger, State]] = {
     S.LISTEN: {
         T.CLIENT_SYN: S.SYN_RECEIVED,
@@ -261,6 +264,9 @@ TRANSITIONS: dict[State, dict[Trigger, State]] = {
     ),
 }
 
+for _row in TRANSITIONS.values():
+    _row[T.RESET_CLIENT] = S.CLOSED
+
 _LIVE = (S.ESTABLISHED, S.REPLAYING, S.CLOSED)  # a server TCP connection exists
 _DARK = (S.CRASHED, S.REPLAY_SYN_SENT)  # none does: SSW answers the client itself
 
@@ -334,6 +340,7 @@ class Connection:
         probe_interval: float = 0.5,
         syn_rto: float = 1.0,
         refill_rto: float = 0.2,
+        refill_chunk: int | None = None,
     ) -> None:
         self.conn_id = conn_id
         self.client = client
@@ -344,8 +351,8 @@ class Connection:
         self.syn_rto = syn_rto
         self.refill_rto = refill_rto
         # largest refill segment (None: the new kernel's MSS); the real I/O layer injects
-        # over loopback and may use far larger segments (ftcp.recovery sets it)
-        self.refill_chunk: int | None = None
+        # over loopback and may use far larger segments
+        self.refill_chunk = refill_chunk
         self.state = State.LISTEN
         self.trace: list[str] = []  # "A => B" transitions, in order
         # handshake
@@ -535,6 +542,8 @@ class Connection:
                     self._refill(ev.now)
             case ReplayDone():
                 self._set_state(self._next(T.REPLAY_DONE, ev))
+            case ResetClient():
+                self._on_reset_client(ev)
             case Finish():
                 nxt = self._next(T.FINISH, ev)
                 if self.state is not State.CLOSED:
@@ -1066,6 +1075,14 @@ class Connection:
             self._crash(ev.now)
         elif nxt is State.CLOSED and self.state is not State.CLOSED:
             self._abandon("process died before the handshake completed")
+        self._set_state(nxt)
+
+    def _on_reset_client(self, ev: ResetClient) -> None:
+        nxt = self._next(T.RESET_CLIENT, ev)
+        if self.state not in (State.LISTEN, State.CLOSED):  # LISTEN: no client known yet
+            seg = OutSegment(seq=self.snd_nxt, ack=self.ack_limit, flags=RST | ACK, window=0)
+            self._emit(Fabricate(Direction.TO_CLIENT, seg, "reset: cannot be recovered"))
+            self._abandon("reset")
         self._set_state(nxt)
 
     def _crash(self, now: float) -> None:

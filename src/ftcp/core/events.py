@@ -178,6 +178,15 @@ class ReplayDone:
 
 
 @dataclass(frozen=True, slots=True)
+class ResetClient:
+    """The connection cannot be recovered (recovery gave up, a failed repair, a
+    divergence that cannot go on): the client gets the reset it would have got
+    without ftcp, now, and the connection is over."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     """The connection is over on both sides (the socket is gone)."""
 
@@ -196,6 +205,7 @@ Input = (
     | Repaired
     | InstreamArrived
     | ReplayDone
+    | ResetClient
     | Finish
 )
 

@@ -67,7 +67,9 @@ from ftcp.core.events import (
     Input,
     Log,
     LoggerAck,
+    ProcessDied,
     ReadReported,
+    ResetClient,
     Rewrite,
     ServerSegment,
     StartRecovery,
@@ -135,6 +137,7 @@ class Engine:
         ack_trace: IO[str] | None = None,
         linger: float = 30.0,
         conn_id_base: int | None = None,
+        refill_chunk: int | None = None,
     ) -> None:
         make_policy(ack_strategy)  # validate early
         self.port = port
@@ -148,6 +151,9 @@ class Engine:
         self.publish = publish
         self.ack_trace = ack_trace
         self.linger = linger
+        # largest segment a rebuilt connection is refilled with (None: its MSS); the
+        # injector's segments go over loopback, where far larger ones fit
+        self.refill_chunk = refill_chunk
         self.stats = EngineStats()
         self.conns: dict[Key, Conn] = {}
         self.by_id: dict[int, Conn] = {}
@@ -173,10 +179,10 @@ class Engine:
         self._trace_reads: collections.deque[tuple[int, Conn, int]] = collections.deque()
         self.on_recovery_needed: Callable[[int, str], None] | None = None
         self.fatal: BaseException | None = None
-        # recovery hooks (ftcp.recovery): while `syn_gate` is a list, new client SYNs wait
-        # in it (held, not refused); `app_alive` tells a dying application's RSTs apart
-        self.syn_gate: list[QueuedPacket] | None = None
-        self.app_alive: Callable[[], bool] | None = None
+        # recovery (`hold_syns`): new client SYNs wait here, held, not refused
+        self._syn_gate: list[QueuedPacket] | None = None
+        # tells a dying application's RSTs from the kernel's refusals (`app_started`)
+        self._app_alive: Callable[[], bool] | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -192,7 +198,7 @@ class Engine:
                 self._loop.remove_reader(self.queue.fileno())
         if self._timer is not None:
             self._timer.cancel()
-        self._send_logs()
+        self.send_logs()
         if self.ack_trace is not None:
             with contextlib.suppress(Exception):
                 self.ack_trace.flush()
@@ -215,7 +221,7 @@ class Engine:
         self._after_batch()
 
     def _after_batch(self) -> None:
-        self._send_logs()
+        self.send_logs()
         try:
             self.queue.flush()
         except OSError as e:
@@ -252,8 +258,8 @@ class Engine:
             and pkt.dport == self.port
             and (c is None or c.core.state is State.CLOSED)
         ):
-            if self.syn_gate is not None:  # recovering: the SYN waits (ftcp.recovery)
-                self.syn_gate.append(p)
+            if self._syn_gate is not None:  # recovering: the SYN waits (ftcp.recovery)
+                self._syn_gate.append(p)
                 return
             c = self._new_conn(key, pkt, now)
         if c is None:
@@ -287,7 +293,7 @@ class Engine:
                 flags & RST
                 and not c.accepted
                 and c.core.state is State.ESTABLISHED
-                and (self.app_alive is None or self.app_alive())
+                and (self._app_alive is None or self._app_alive())
             ):
                 self._reset_unaccepted(c, p, pkt, now)
                 return
@@ -341,6 +347,7 @@ class Engine:
             server=(pkt.dst_ip, pkt.dport),
             accept_order=next(self._accept_order),
             policy=make_policy(self.ack_strategy),
+            refill_chunk=self.refill_chunk,
         )
         c = Conn(key, core, now)
         self.conns[key] = c
@@ -455,7 +462,8 @@ class Engine:
         self._flush_scheduled = False
         self._after_batch()
 
-    def _send_logs(self) -> None:
+    def send_logs(self) -> None:
+        """Send the records waiting for the logger now (they go once per batch)."""
         if not self._records:
             return
         recs, self._records = self._records, []
@@ -681,17 +689,47 @@ class Engine:
         self._feed(c, CloseReported(self._now(), how))
         self._schedule_flush()
 
-    # ------------------------------------------------- recovery hooks (ftcp.recovery)
+    # ---------------------------------------------------- recovery (ftcp.recovery)
 
     def feed(self, c: Conn, ev: Input) -> list[Action] | None:
-        """Feed one supervisor input (`ProcessDied`, `Rebuild`, ...) and flush."""
+        """Feed one supervisor input (`Rebuild`, `Repaired`, ...) and flush."""
         actions = self._feed(c, ev)
         self._after_batch()
         return actions
 
+    def app_started(self, alive: Callable[[], bool]) -> None:
+        """An application process runs; `alive()` says whether it still does."""
+        self._app_alive = alive
+
+    def app_died(self, now: float) -> list[Conn]:
+        """The application died: every live connection gets `ProcessDied` (none counts
+        as accepted any more); the connections now waiting for a recovery."""
+        for c in list(self.conns.values()):
+            c.accepted = False
+            if c.finished_at is None and c.core.state is not State.CLOSED:
+                self._feed(c, ProcessDied(now))
+        self._after_batch()
+        return [c for c in self.conns.values() if c.core.state is State.CRASHED]
+
+    def reset_client(self, c: Conn) -> None:
+        """Give up on `c`: its client gets a reset now (the core's), and it is over."""
+        now = self._now()
+        self._feed(c, ResetClient(now))
+        self._finish(c, now)
+        self._after_batch()
+
+    @property
+    def holding_syns(self) -> bool:
+        return self._syn_gate is not None
+
+    def hold_syns(self) -> None:
+        """A recovery starts: new client SYNs wait (held, not refused) until it ends."""
+        if self._syn_gate is None:
+            self._syn_gate = []
+
     def release_syns(self) -> None:
-        """Recovery is over: the SYNs held in `syn_gate` go on, in arrival order."""
-        held, self.syn_gate = self.syn_gate or [], None
+        """Recovery is over: the SYNs held go on, in arrival order."""
+        held, self._syn_gate = self._syn_gate or [], None
         now = self._now()
         for p in held:
             self._packet(p, now)
