@@ -8,6 +8,7 @@ import click
 
 from ftcp import __version__
 from ftcp.bench.cli import bench
+from ftcp.core import seq
 from ftcp.errors import UserError
 from ftcp.lab.cli import lab
 from ftcp.logger.cli import logger
@@ -231,7 +232,7 @@ def status(state_dir: str, as_json: bool) -> None:
             )
             r = c.get("refill")
             if r:  # a rebuilt connection still being refilled from the log
-                left = (r["target"] - r["kernel_ack"]) & 0xFFFFFFFF
+                left = seq.usub(r["target"], r["kernel_ack"])
                 shut = r["kernel_window_edge"] == r["kernel_ack"]
                 click.echo(
                     f"    refill: {left} B of the log still to go into the rebuilt kernel"

@@ -113,12 +113,11 @@ class Boost:
     (the application's spawning thread, hence the application) while a recovery runs.
 
     After a crash the log transfer runs while the restarted application starts on the
-    same cores: at equal priority it waited for CPU (1 MiB from a local logger: 5.7 ms
-    mean; 3.6 ms with 10 levels). Outside a recovery the loop shares the CPU as
-    before: a permanent boost starved the lab's userspace hub on `10-shared` (losses,
-    Eager and Conditional 6-15 points lower). Linux keeps a nice value per thread;
-    threads the loop starts while boosted (the instream's page-faulting helper)
-    inherit it."""
+    same cores; at equal priority the transfer waits for CPU. Outside a recovery the
+    loop shares the CPU as before (a permanent boost starves other processes the
+    host runs, measurably). Linux keeps a nice value per thread; threads the loop
+    starts while boosted (the instream's page-faulting helper) inherit it.
+    Measurements: docs/notes/2026-11-27-kernel-facts.md."""
 
     def __init__(self, levels: int) -> None:
         self.levels = levels
@@ -585,7 +584,7 @@ class Recovery:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(self._fetching), 5)
             last = t.as_dict()
-            timing_file = os.environ.get("FTCP_RECOVERY_TIMING")  # `ftcp bench recovery`
+            timing_file = os.environ.get("FTCP_BENCH_RECOVERY_TIMING")  # `ftcp bench recovery`
             if timing_file:
                 with contextlib.suppress(OSError), open(timing_file, "a") as f:
                     f.write(json.dumps(last) + "\n")
@@ -626,8 +625,8 @@ class Recovery:
         if self._fetching is not None:  # not while the log is coming in (same loop)
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._fetching)
-        for plan in list(self.plans.values()):
-            while not plan.presum(PRESUM_STEP):
+        for cid, plan in list(self.plans.items()):
+            while not self.engine.presum(cid, plan, PRESUM_STEP):
                 await asyncio.sleep(0)
             await asyncio.sleep(0)
 

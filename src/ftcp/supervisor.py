@@ -55,7 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -221,24 +221,41 @@ def run(cfg: RunConfig) -> int:
     return asyncio.run(_supervise(cfg, str(shim), iface))
 
 
+@dataclass(slots=True)
+class _Run:
+    """What one `ftcp run` started (each piece registered for teardown as it was made)."""
+
+    cfg: RunConfig
+    client: LoggerClient
+    engine: Engine
+    agent: Agent
+    recovery: Recovery
+    status: _Status
+    spawn: Callable[[], Awaitable[AppProcess]]
+    proc: AppProcess | None = None
+
+
 async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
-    loop = asyncio.get_running_loop()
-    rules_file, sock_path, status_path = state_files(cfg.state_dir, cfg.port)
-    engine_box: list[Engine] = []
+    errors: list[str] = []
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(_report, errors)  # last: after everything else is undone
+        run = await _start(cfg, shim, iface, stack, errors)
+        return await _watch(run)
 
-    def on_ack(acks: list) -> None:
-        if engine_box:
-            engine_box[0].on_logger_acks(acks)
 
-    app_id = cfg.app_id or f"port-{cfg.port}"
-    link = _LoggerLink(f"{cfg.logger_host}:{cfg.logger_port}", engine_box, loop)
+def _report(errors: list[str]) -> None:
+    if errors:
+        print(f"ftcp run: {'; '.join(errors)}", file=sys.stderr)
+
+
+async def _connect_logger(cfg: RunConfig, link: _LoggerLink) -> LoggerClient:
     try:
-        client = await LoggerClient.connect(
+        return await LoggerClient.connect(
             cfg.logger_host,
             cfg.logger_port,
-            app_id=app_id,
+            app_id=cfg.app_id or f"port-{cfg.port}",
             secret=cfg.secret,
-            on_ack=on_ack,
+            on_ack=link.on_ack,
             timeout=cfg.logger_timeout,
             reconnect=True,
             on_link=link.on_link,
@@ -251,216 +268,229 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
         raise UserError(
             f"cannot reach the logger at {cfg.logger_host}:{cfg.logger_port}: {what}"
         ) from None
-    client.instream_arena = InstreamArena(RECOVERY_ARENA)
 
-    trace: IO[str] | None = None
-    queue: Queue | None = None
-    injector: Injector | None = None
-    port_rules: ssw_rules.PortRules | None = None
-    agent: Agent | None = None
-    engine: Engine | None = None
-    status: _Status | None = None
-    proc: AppProcess | None = None
-    spawner: Spawner | None = None
-    recovery: Recovery | None = None
-    recovery_box: list[Recovery] = []
-    status_task: asyncio.Future[None] | None = None
-    sock_dir: str | None = None
+
+def _agent_socket(path: str, stack: contextlib.AsyncExitStack) -> str:
+    """`path`, or one in a directory of its own when `path` is too long for sun_path."""
+    if len(os.fsencode(path)) <= 100:  # sun_path holds 108 bytes
+        return path
+    sock_dir = tempfile.mkdtemp(prefix="ftcp-nsw-")
+    stack.callback(_rmdir, sock_dir)
+    return os.path.join(sock_dir, "nsw.sock")
+
+
+def _rmdir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+def _remove_rules(rules: ssw_rules.PortRules, errors: list[str]) -> None:
     try:
-        qnum = cfg.queue_num if cfg.queue_num is not None else cfg.port
-        queue = Queue.open(qnum)
-        injector = Injector(cfg.mark)
-        if cfg.ack_trace:
-            trace = open(cfg.ack_trace, "w", buffering=1 << 16)  # noqa: SIM115
-        engine = Engine(
-            port=cfg.port,
-            queue=queue,
-            injector=injector,
-            ack_strategy=cfg.ack_strategy,
-            send_records=client.send,
-            ack_trace=trace,
-            refill_chunk=REFILL_CHUNK,
-        )
-        engine_box.append(engine)
-        if len(os.fsencode(sock_path)) > 100:  # sun_path holds 108 bytes
-            sock_dir = tempfile.mkdtemp(prefix="ftcp-nsw-")
-            sock_path = os.path.join(sock_dir, "nsw.sock")
-        bridge = RecoveryBridge(engine)
-        agent = Agent(sock_path, bridge)
-        bridge.attach(agent)
-        await agent.start()
-        engine.start(loop)
-        owner = f"run-{cfg.port}-{os.getpid()}"
-        specs = ssw_rules.queue_rules(
-            cfg.port,
-            in_queue=qnum,
-            out_queue=qnum,
-            ext_iface=iface,
-            in_iface=iface,
-            mark=cfg.mark,
-            owner=owner,
-        )
-        port_rules = ssw_rules.PortRules(specs, state_file=rules_file, owner=owner)
-        port_rules.install()
-        status = _Status(status_path, cfg, iface)
-        link.queue = queue
-        status_task = asyncio.ensure_future(
-            _refresh_status(status, engine, client, lambda: proc, recovery_box)
-        )
+        rules.remove()
+    except UserError as e:
+        errors.append(str(e))
 
-        env = dict(os.environ)
-        env.update(agent.env(cfg.port, shim))
-        env["FTCP_NSW_STRICT"] = "1"
-        env.update(cfg.extra_env)
 
-        spawner = sp = Spawner()  # its thread keeps the application's priority
+async def _start(
+    cfg: RunConfig,
+    shim: str,
+    iface: str,
+    stack: contextlib.AsyncExitStack,
+    errors: list[str],
+) -> _Run:
+    """Connect, install, launch (module docstring, steps 3-5); every piece is undone by
+    `stack`, in the reverse order, whatever happens later."""
+    loop = asyncio.get_running_loop()
+    rules_file, sock_path, status_path = state_files(cfg.state_dir, cfg.port)
+    link = _LoggerLink(f"{cfg.logger_host}:{cfg.logger_port}", loop)
+    client = await _connect_logger(cfg, link)
+    stack.push_async_callback(client.close)
+    client.instream_arena = InstreamArena(RECOVERY_ARENA)
+    qnum = cfg.queue_num if cfg.queue_num is not None else cfg.port
+    queue = Queue.open(qnum)
+    stack.callback(queue.close)
+    injector = Injector(cfg.mark)
+    stack.callback(injector.close)
+    trace: IO[str] | None = None
+    if cfg.ack_trace:
+        trace = stack.enter_context(open(cfg.ack_trace, "w", buffering=1 << 16))  # noqa: SIM115
+    engine = Engine(
+        port=cfg.port,
+        queue=queue,
+        injector=injector,
+        ack_strategy=cfg.ack_strategy,
+        send_records=client.send,
+        ack_trace=trace,
+        refill_chunk=REFILL_CHUNK,
+    )
+    link.engine = engine
+    bridge = RecoveryBridge(engine)
+    agent = Agent(_agent_socket(sock_path, stack), bridge)
+    bridge.attach(agent)
+    await agent.start()
+    stack.callback(agent.close)
+    engine.start(loop)
+    stack.callback(engine.stop)
+    owner = f"run-{cfg.port}-{os.getpid()}"
+    specs = ssw_rules.queue_rules(
+        cfg.port, in_queue=qnum, out_queue=qnum, ext_iface=iface, in_iface=iface,
+        mark=cfg.mark, owner=owner,
+    )  # fmt: skip
+    port_rules = ssw_rules.PortRules(specs, state_file=rules_file, owner=owner)
+    port_rules.install()
+    stack.callback(_remove_rules, port_rules, errors)
+    status = _Status(status_path, cfg, iface)
+    stack.callback(status.remove)
+    link.intake = True
+    stack.callback(setattr, link, "intake", False)  # late acks must not resume the intake
 
-        async def spawn() -> AppProcess:
-            return await sp.start(cfg.command, env)
+    env = dict(os.environ)
+    env.update(agent.env(cfg.port, shim))
+    env["FTCP_NSW_STRICT"] = "1"
+    env.update(cfg.extra_env)
+    spawner = Spawner()  # its thread keeps the application's priority
+    stack.callback(spawner.close)
 
-        recovery = Recovery(
-            engine,
-            agent,
-            client,
-            port=cfg.port,
-            spawn=spawn,
-            max_restarts=cfg.max_restarts,
-            on_divergence=cfg.on_divergence,
-            restore=cfg.restore,
-            boost=cfg.boost,
-        )
-        bridge.recovery = recovery
-        recovery_box.append(recovery)
-        proc = await spawn()
-        recovery.started(proc)
-        print(
-            f"ftcp run: protecting port {cfg.port} on {iface} (ack strategy "
-            f"{cfg.ack_strategy}, logger {cfg.logger_host}:{cfg.logger_port}); "
-            f"application pid {proc.pid}",
-            file=sys.stderr,
-            flush=True,
-        )
+    async def spawn() -> AppProcess:
+        return await spawner.start(cfg.command, env)
 
-        stop = asyncio.Event()
-        stop_sig: list[int] = []
+    recovery = Recovery(
+        engine, agent, client, port=cfg.port, spawn=spawn, max_restarts=cfg.max_restarts,
+        on_divergence=cfg.on_divergence, restore=cfg.restore, boost=cfg.boost,
+    )  # fmt: skip
+    bridge.recovery = recovery
+    run = _Run(cfg, client, engine, agent, recovery, status, spawn)
+    status_task = asyncio.ensure_future(_refresh_status(run))
+    stack.callback(status_task.cancel)
+    stack.push_async_callback(_stop_app, run)
+    run.proc = await spawn()
+    recovery.started(run.proc)
+    print(
+        f"ftcp run: protecting port {cfg.port} on {iface} (ack strategy "
+        f"{cfg.ack_strategy}, logger {cfg.logger_host}:{cfg.logger_port}); "
+        f"application pid {run.proc.pid}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return run
 
-        def on_signal(sig: int) -> None:
-            stop_sig.append(sig)
-            stop.set()
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal, sig)
+async def _stop_app(run: _Run) -> None:
+    """Teardown: stop any recovery under way, then the application if it still runs."""
+    run.recovery.close()
+    if run.proc is not None and run.proc.returncode is None:
+        await _terminate(run.proc)
 
-        # what start-up made lives as long as the run: out of the collector's way (a full
-        # collection over it, ~30k objects, stopped the datapath for 6-8 ms on a 2-core VM,
-        # once after every recovery)
-        gc.freeze()
-        status_waits: set[asyncio.Future[None]] = set()  # see `_status_after`
-        waiter = asyncio.ensure_future(proc.wait())
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            while True:
-                done = await _next_event(waiter, stopper, 1.0)
-                if waiter in done and stopper not in done and waiter.result() < 0:
-                    # a stop request must not wait for the recovery's start (it can wait
-                    # for a lost logger however long): cancelled, it stops what it started
-                    dying = asyncio.ensure_future(recovery.on_death(waiter.result()))
-                    await asyncio.wait({dying, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                    if not dying.done():
-                        dying.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await dying
-                        print(
-                            "ftcp run: stopped during a recovery; its connections are "
-                            "closed unrecovered",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                        return 0
-                    new = dying.result()  # ftcp.recovery
-                    if new is not None:
-                        proc = new
-                        waiter = asyncio.ensure_future(proc.wait())
-                        done = set()
-                _status_after(
-                    recovery.transfer(),
-                    lambda pid=proc.pid: status.write(engine, client, pid, recovery),
-                    status_waits,
-                )
-                if done:
-                    break
-                if client.closed is not None or engine.fatal is not None:  # not a link loss
-                    why = client.closed or engine.fatal
-                    print(f"ftcp run: logger client failed ({why}); stopping", file=sys.stderr)
-                    await _terminate(proc)
-                    return 1
-        finally:
-            stopper.cancel()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-        if stop_sig and proc.returncode is None:
-            await _terminate(proc)
-            return 0
-        rc = await waiter
-        if rc >= 0:
-            await _drain(engine, DRAIN_S)
-        if rc < 0:
-            print(
-                f"ftcp run: the application (pid {proc.pid}) died from signal "
-                f"{signal.Signals(-rc).name}; not restarted (gave up)",
-                file=sys.stderr,
-                flush=True,
-            )
-            return 128 - rc
-        return rc
+
+async def _watch(run: _Run) -> int:
+    """Until the application exits or a signal stops the run; the exit status."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    stop_sig: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        stop_sig.append(sig)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    # what start-up made lives as long as the run: out of the collector's way (a full
+    # collection over it stopped the datapath for milliseconds, once after every recovery)
+    gc.freeze()
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        rc = await _watch_loop(run, stopper)
     finally:
-        if status_task is not None:
-            status_task.cancel()
-        link.queue = None  # late acks must not re-register a queue being closed
-        if recovery is not None:
-            recovery.close()
-        if proc is not None and proc.returncode is None:
-            await _terminate(proc)
-        if spawner is not None:
-            spawner.close()
-        if engine is not None:
-            engine.stop()
-        errors: list[str] = []
-        if port_rules is not None:
-            try:
-                port_rules.remove()
-            except UserError as e:
-                errors.append(str(e))
-        if agent is not None:
-            agent.close()
-        if sock_dir is not None:
-            with contextlib.suppress(OSError):
-                os.rmdir(sock_dir)
-        if queue is not None:
-            queue.close()
-        if injector is not None:
-            injector.close()
-        if status is not None:
-            status.remove()
-        if trace is not None:
-            trace.close()
-        await client.close()
-        if errors:
-            print(f"ftcp run: {'; '.join(errors)}", file=sys.stderr)
+        stopper.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    if rc is not None:
+        return rc
+    proc = run.proc
+    assert proc is not None
+    if stop_sig and proc.returncode is None:
+        await _terminate(proc)
+        return 0
+    rc = await proc.wait()
+    if rc >= 0:
+        await _drain(run.engine, DRAIN_S)
+        return rc
+    print(
+        f"ftcp run: the application (pid {proc.pid}) died from signal "
+        f"{signal.Signals(-rc).name}; not restarted (gave up)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 128 - rc
+
+
+async def _watch_loop(run: _Run, stopper: asyncio.Future[bool]) -> int | None:
+    """Recover every death from a signal; return when the application exits by itself
+    or gives up (None: `_watch` says how it ended), or with the run's exit status."""
+    assert run.proc is not None
+    status_waits: set[asyncio.Future[None]] = set()  # see `_status_after`
+    waiter = asyncio.ensure_future(run.proc.wait())
+    while True:
+        done = await _next_event(waiter, stopper, 1.0)
+        if waiter in done and stopper not in done and waiter.result() < 0:
+            new = await _recover(run, waiter.result(), stopper)
+            if new is False:
+                return 0  # stopped during the recovery
+            if new is not None:
+                run.proc = new
+                waiter = asyncio.ensure_future(new.wait())
+                done = set()
+        pid = run.proc.pid
+        _status_after(
+            run.recovery.transfer(),
+            lambda pid=pid: run.status.write(run.engine, run.client, pid, run.recovery),
+            status_waits,
+        )
+        if done:
+            return None
+        if run.client.closed is not None or run.engine.fatal is not None:  # not a link loss
+            why = run.client.closed or run.engine.fatal
+            print(f"ftcp run: logger client failed ({why}); stopping", file=sys.stderr)
+            await _terminate(run.proc)
+            return 1
+
+
+async def _recover(run: _Run, rc: int, stopper: asyncio.Future[bool]) -> AppProcess | None | bool:
+    """The application died from a signal: the restarted process (None: gave up). A
+    stop request must not wait for the recovery's start (it can wait for a lost logger
+    however long): cancelled, it stops what it started (False)."""
+    dying = asyncio.ensure_future(run.recovery.on_death(rc))
+    await asyncio.wait({dying, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if dying.done():
+        return dying.result()
+    dying.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await dying
+    print(
+        "ftcp run: stopped during a recovery; its connections are closed unrecovered",
+        file=sys.stderr,
+        flush=True,
+    )
+    return False
 
 
 # -- logger link (see the module docstring) ---------------------------------------------
 
 
 class _LoggerLink:
-    """`LoggerClient` callbacks: say when the link goes and comes, pause queue intake."""
+    """`LoggerClient` callbacks: acks to the engine, say when the link goes and comes,
+    pause the queue intake while too much waits for the logger."""
 
-    def __init__(self, where: str, engine_box: list[Engine], loop: asyncio.AbstractEventLoop):
+    def __init__(self, where: str, loop: asyncio.AbstractEventLoop):
         self.where = where
-        self.engine_box = engine_box
         self.loop = loop
-        self.queue: Queue | None = None
+        self.engine: Engine | None = None
+        self.intake = False  # the engine reads its queue (False: not yet, or no more)
         self.paused = False
+
+    def on_ack(self, acks: list) -> None:
+        if self.engine is not None:
+            self.engine.on_logger_acks(acks)
 
     def on_link(self, up: bool, why: str) -> None:
         if up:
@@ -477,15 +507,14 @@ class _LoggerLink:
     def on_pressure(self, on: bool) -> None:
         """Too much waits for the logger: stop reading the queue (packets are not lost
         to the log: the kernel drops them and the clients retransmit)."""
-        if self.queue is None or not self.engine_box or on == self.paused:
+        if not self.intake or self.engine is None or on == self.paused:
             return
         self.paused = on
-        fd = self.queue.fileno()
         if on:
-            self.loop.remove_reader(fd)
+            self.engine.pause_intake()
             log.warning("logger backlog over its limit: not reading the queue")
         else:
-            self.loop.add_reader(fd, self.engine_box[0]._on_queue)
+            self.engine.resume_intake()
             log.warning("logger backlog drained: reading the queue again")
 
 
@@ -541,19 +570,13 @@ def _status_after(
         transfer.add_done_callback(done)
 
 
-async def _refresh_status(
-    status: _Status,
-    engine: Engine,
-    client: LoggerClient,
-    proc: Callable[[], AppProcess | None],
-    recovery_box: list[Recovery],
-) -> None:
+async def _refresh_status(run: _Run) -> None:
     """The status file every second, also while a recovery waits (for the logger, say)."""
     while True:
         await asyncio.sleep(1.0)
-        p = proc()
+        p = run.proc
         with contextlib.suppress(Exception):
-            status.write(engine, client, p.pid if p else None, *recovery_box[:1])
+            run.status.write(run.engine, run.client, p.pid if p else None, run.recovery)
 
 
 async def _terminate(proc: AppProcess) -> None:

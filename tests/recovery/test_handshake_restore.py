@@ -49,7 +49,7 @@ def test_log_larger_than_the_receive_queue_replays_byte_exact(
     rmem_max = int(lab.run("server", ["sysctl", "-n", "net.ipv4.tcp_rmem"]).stdout.split()[2])
     nbytes = min(rmem_max + (8 << 20), 96 << 20)
     timing = unshaped.tmp / f"timing-{port}.jsonl"
-    monkeypatch.setenv("FTCP_RECOVERY_TIMING", str(timing))
+    monkeypatch.setenv("FTCP_BENCH_RECOVERY_TIMING", str(timing))
     with _loaded(unshaped, port, restore, nbytes) as (srv, cl):
         kill_app(srv)
         _answered(srv, cl)

@@ -850,9 +850,8 @@ class SSWGlue:
                     w.logger.send(w.now, a.record)
                 case Fabricate():
                     o = a.segment
-                    s = Seg(
-                        o.seq, o.ack, o.flags, o.window, o.payload, o.syn_opts, o.ts_val, o.ts_ecr
-                    )
+                    data = bytes(o.payload)
+                    s = Seg(o.seq, o.ack, o.flags, o.window, data, o.syn_opts, o.ts_val, o.ts_ecr)
                     w.fabricated[a.reason.split(":")[0]] += 1
                     if a.direction is Direction.TO_CLIENT:
                         w.to_client(s, None)

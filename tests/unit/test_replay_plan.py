@@ -7,8 +7,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ftcp.core import seq
-from ftcp.core.events import ACK, FIN, SYN
-from ftcp.core.packet import Summed, ones_sum
 from ftcp.core.records import (
     Close,
     CloseHow,
@@ -52,31 +50,7 @@ def make_log(
     )
 
 
-# ------------------------------------------------------------------------- handshake
-
-
-def test_syn_and_third_ack() -> None:
-    p = plan_recovery(make_log())
-    syn = p.syn()
-    assert (syn.seq, syn.flags) == (1000, SYN)
-    assert syn.syn_opts == SynOptions(mss=1460, wscale=7, sack_ok=True, ts_val=1000, ts_ecr=0)
-    assert syn.window == min(0xFFFF, 300 << 7)
-    third = p.third_ack(n_isn=seq.MASK, n_tsval=42)
-    assert (third.seq, third.ack, third.flags) == (1001, 0, ACK)
-    assert (third.ts_val, third.ts_ecr) == (1234, 42)
-
-
-@pytest.mark.parametrize(
-    ("s_opts", "expect"),
-    [
-        (SynOptions(mss=1400), SynOptions(mss=1460)),
-        (SynOptions(mss=1400, wscale=0), SynOptions(mss=1460, wscale=7)),
-        (SynOptions(sack_ok=True), SynOptions(mss=1460, sack_ok=True)),
-        (SynOptions(ts_val=1), SynOptions(mss=1460, ts_val=1000, ts_ecr=0)),
-    ],
-)
-def test_syn_carries_only_negotiated_options(s_opts: SynOptions, expect: SynOptions) -> None:
-    assert plan_recovery(make_log(s_opts=s_opts)).syn().syn_opts == expect
+# ------------------------------------------------------------------------- mapping
 
 
 @given(u32, u32, u32, st.integers(0, 1 << 30), st.integers(0, 5000))
@@ -108,38 +82,6 @@ def test_ts_offset_never_runs_backwards() -> None:
     assert seq.gt(seq.add(77 + 1000, off), seq.MASK - 1)
     off = p.ts_offset(n_tsval=77, floor=None)  # unknown: a quarter of the space ahead
     assert seq.sub(seq.add(77, off), S_OPTS.ts_val) == 1 << 30
-
-
-@given(u32, st.binary(max_size=300), st.integers(0, 300), st.integers(0, 400), st.integers(1, 64))
-def test_instream_chunks_cover_exactly(c_isn: int, data: bytes, a: int, b: int, mss: int) -> None:
-    p = plan_recovery(make_log(c_isn=c_isn, instream=data))
-    base = seq.add(c_isn, 1)
-    chunks = list(p.instream_chunks(seq.add(base, a), seq.add(base, b), mss))
-    lo, hi = min(a, len(data)), min(b, len(data))
-    assert b"".join(c for _, c in chunks) == data[lo:hi] if lo < hi else not chunks
-    pos = seq.add(base, lo)
-    for s, c in chunks:
-        assert s == pos and 0 < len(c) <= mss
-        pos = seq.add(pos, len(c))
-
-
-@given(st.binary(max_size=20000), st.integers(0, 20000), st.integers(1, 9000), st.booleans())
-def test_instream_chunks_carry_their_sums(data: bytes, a: int, mss: int, presum: bool) -> None:
-    """Refill payloads carry a sum congruent to their full checksum sum, whether the
-    plan's blocks were summed beforehand (`presum`) or not."""
-    p = plan_recovery(make_log(instream=data))
-    if presum:
-        assert p.presum()
-    base = seq.add(p.c_isn, 1)
-    for _, c in p.instream_chunks(seq.add(base, a), p.stable_seq, mss):
-        assert isinstance(c, Summed)
-        assert c.ones % 0xFFFF == ones_sum(bytes(c)) % 0xFFFF
-
-
-def test_refill_segment_fin() -> None:
-    p = plan_recovery(make_log(client_fin=True))
-    s = p.refill_segment(p.stable_seq, b"", ack=5, window=10, ts_ecr=3, fin=True)
-    assert s.flags == ACK | FIN and s.seq == 1012 and p.ack_limit == 1013
 
 
 def test_plan_rejects_inconsistent_logs() -> None:

@@ -38,3 +38,29 @@ def test_boundaries() -> None:
 @given(u32, u32, st.integers(0, seq.HALF - 1))
 def test_in_window_matches_distance(x: int, start: int, length: int) -> None:
     assert seq.in_window(x, start, length) == (0 <= ((x - start) & seq.MASK) < length)
+
+
+def test_sequence_arithmetic_goes_through_seq_py() -> None:
+    """No hand-rolled modular arithmetic (`(a - b) & MASK`, `(a + n) & 0xFFFFFFFF`) outside
+    `seq.py`: a sequence number compared or moved by hand is where wrap-around bugs live.
+    (`logger/state.py` inlines one `seq.gt` on its per-record path, and says so.)"""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "src" / "ftcp"
+    allowed = {root / "core" / "seq.py", root / "logger" / "state.py"}
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitAnd)):
+                continue
+            if not isinstance(node.left, ast.BinOp) or not isinstance(
+                node.left.op, (ast.Add, ast.Sub)
+            ):
+                continue
+            mask = ast.unparse(node.right)
+            if mask in ("seq.MASK", "MASK", "0xFFFFFFFF", "4294967295"):
+                found.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, found

@@ -24,6 +24,7 @@ from ftcp.core.events import (
     Timer,
 )
 from ftcp.core.packet import BlockSums, ones_sum
+from ftcp.core.rebuild import KernelRebuild
 from ftcp.core.records import Arrival, ConnectionLog, Handshake, ReadKind, ReadResult, SynOptions
 from ftcp.core.replay import plan_recovery
 from ftcp.logger.assembly import RecoveryAssembler
@@ -50,10 +51,13 @@ def test_plan_reads_only_what_arrived() -> None:
     plan, buf, arrival = _streaming_plan(c, 4)
     assert plan.instream_ready == 4 and not plan.instream_complete
     base = seq.add(c.c_isn, 1)
-    assert [p for _, p in plan.instream_chunks(base, seq.add(base, 100), 3)] == [b"hel", b"l"]
+    rb = KernelRebuild(plan, 2.0, repair=False, late={}, chunk=None)
+    rb.start(base, 3, 2.0)
+    edge = seq.add(base, 100)
+    assert [bytes(s.payload) for s, _ in rb.refill(edge, 0, 0, None)] == [b"hel", b"l"]
     _arrive(buf, arrival, 11)
     assert plan.instream_complete
-    assert b"".join(p for _, p in plan.instream_chunks(base, seq.add(base, 100), 3)) == DATA
+    assert b"".join(bytes(s.payload) for s, _ in rb.refill(edge, 0, 0, None)) == DATA[4:]
 
 
 def test_handshake_refill_waits_for_the_instream_then_goes_on() -> None:

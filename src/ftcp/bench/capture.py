@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 from ftcp.bench.stats import LinearFit, MeanCI, MomentSums, SumStats
 from ftcp.core import packet as pk
+from ftcp.core import seq
 from ftcp.core.packet import PacketError, TcpPacket
 
 if TYPE_CHECKING:
@@ -208,7 +209,7 @@ def tcp_segments(path: str | Path) -> list[Seg]:
 
 def _rel(x: int, base: int) -> int:
     """Stream-relative offset of sequence number `x` from `base` (mod 2^32)."""
-    return (x - base) & 0xFFFFFFFF
+    return seq.usub(x, base)
 
 
 class Coverage:

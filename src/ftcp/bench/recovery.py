@@ -7,7 +7,7 @@ bytes of read results to replay) and says `K` after each MiB. Once every `K`
 is in, the server is killed with SIGKILL and the client at once sends a
 one-byte ping the server answers: the client-visible stall is the time from
 the kill to the answer. `ftcp run` reports its own split (environment
-`FTCP_RECOVERY_TIMING`):
+`FTCP_BENCH_RECOVERY_TIMING`):
 
 * restart: death → rebuilt kernel connection, without the application's own
   start-up, the log transfer and TCP_REPAIR's queue fill (as the paper's
@@ -178,7 +178,7 @@ def run_in_lab(
              "--restore", restore, "--state-dir", str(work / "state"), *iface, "--",
              sys.executable, "-m", "ftcp.bench.recovery", "serve", str(port), str(nbytes)],
             stdout=err, stderr=subprocess.STDOUT, text=True,
-            env=_env({"FTCP_RECOVERY_TIMING": str(timing), READS_ENV: str(reads_file)}),
+            env=_env({"FTCP_BENCH_RECOVERY_TIMING": str(timing), READS_ENV: str(reads_file)}),
         )  # fmt: skip
         err.close()
         procs.append(srv)

@@ -122,8 +122,8 @@ class Conditional(AckPolicy):
     past a hole that TCP has already answered (its acks went out clamped, and no
     logger acknowledgement covers that data until the hole is filled): when TCP has
     answered every packet that came and holds nothing in order past the logged
-    prefix, Conditional acks. It used to wait: the client, its window spent, waited
-    for its RTO and resent bytes the server had (10-shared: 0.4-1.6 s, D-SACKed).
+    prefix, Conditional acks (otherwise the client, its window spent, waits for its
+    RTO and resends bytes the server has).
     """
 
     name: ClassVar[str] = "conditional"

@@ -65,6 +65,7 @@ from ftcp.core.events import (
     StartRecovery,
     Timer,
 )
+from ftcp.core.rebuild import KernelRebuild, Late
 from ftcp.core.records import (
     Close,
     CloseHow,
@@ -406,26 +407,11 @@ class Connection:
         self._next_probe: float | None = None
         self._last_probe = float("-inf")
         self._probe_gap = probe_interval
-        self._syn_sent_at: float | None = None
-        self._n_isn = 0
-        self._n_tsval: int | None = None
-        # the rebuilt kernel's latest TSval (kernel view): what refill segments echo, so
-        # its receive-side RTT estimate (TSecr-based) follows the refill loop, and its
-        # receive buffer autotuning opens the window at that pace (echoing the SYN-ACK's
-        # TSval froze the estimate at its first sample)
-        self._k_tsval: int | None = None
-        self._kmss = DEFAULT_MSS
-        self._inj_next = 0
-        self._fin_injected = False
-        self._refill_done = True
-        self._refill_at = 0.0
-        self._refill_mark = 0
+        # the new kernel connection, from `Rebuild` until the next crash
+        self.rebuild: KernelRebuild | None = None
         # client data that arrived while no server TCP existed (logged, dropped): refilled
         # after the plan's instream, so the client need not wait for its own retransmission
-        self._late: dict[int, tuple[bytes, bool]] = {}  # seq -> (payload, fin)
-        # --restore repair: the handshake only wakes the application's accept
-        self._repair = False
-        self._repair_synack: ServerSegment | None = None
+        self._late: Late = {}
         self._out: list[Action] = []
 
     # ------------------------------------------------------------------ public
@@ -443,7 +429,7 @@ class Connection:
         c._adopt_handshake(plan.c_isn, plan.client_opts, plan.s_isn, plan.server_opts)
         c.handshake_logged = True
         c.stable_seq = plan.stable_seq
-        c.logged_bytes = (plan.stable_seq - plan.c_isn - 1) & seq.MASK  # < 4 GiB known
+        c.logged_bytes = seq.usub(plan.stable_seq, seq.add(plan.c_isn, 1))  # < 4 GiB known
         c._fin_logged = plan.client_fin
         c._client_max = plan.ack_limit
         c.server_seq = c.snd_nxt = plan.server_seq
@@ -499,18 +485,19 @@ class Connection:
 
     @property
     def refilling(self) -> bool:
-        return self._rebuilt and not self._refill_done
+        return self._rebuilt and self.rebuild is not None and not self.rebuild.done
 
     def refill_view(self) -> dict[str, int] | None:
         """Where a rebuilt connection's refill stands (kernel sequence space), for
         `ftcp status`: None once the kernel has every logged byte."""
-        if not self.refilling or self.kernel_ack is None:
+        rb = self.rebuild
+        if not self.refilling or self.kernel_ack is None or rb is None:
             return None
         return {
             "kernel_ack": self.kernel_ack,
             "kernel_window_edge": self.right_edge if self.right_edge is not None else -1,
-            "injected_to": self._inj_next,
-            "target": self._refill_target(),
+            "injected_to": rb.inj_next,
+            "target": rb.target(),
             "client_sent_to": self._client_max,
             "kernel_una": self.kernel_una,
             "kernel_snd_nxt": self.kernel_snd_nxt,
@@ -559,10 +546,11 @@ class Connection:
         t: list[float] = []
         if self.state in _DARK and self._next_probe is not None:
             t.append(self._next_probe)
-        if self.state is State.REPLAY_SYN_SENT and self._syn_sent_at is not None:
-            t.append(self._syn_sent_at + self.syn_rto)
-        if self.refilling and self.state in _LIVE:
-            t.append(self._refill_at + self.refill_rto)
+        rb = self.rebuild
+        if self.state is State.REPLAY_SYN_SENT and rb is not None and rb.syn_sent_at is not None:
+            t.append(rb.syn_sent_at + self.syn_rto)
+        if self.refilling and self.state in _LIVE and rb is not None:
+            t.append(rb.at + self.refill_rto)
         return min(t) if t else None
 
     # --------------------------------------------------------------- the machine
@@ -683,7 +671,7 @@ class Connection:
     def _kernel_view_ack(self, client_ack: int) -> int:
         """A client ack mapped to the rebuilt kernel, kept in `[kernel_una, kernel_snd_nxt]`
         (an ack of unsent data, or one far below snd_una, makes Linux drop the segment)."""
-        k = (client_ack - self.delta_seq) & seq.MASK
+        k = seq.usub(client_ack, self.delta_seq)
         k = seq.min_(k, self.kernel_snd_nxt)
         return seq.max_(k, self.kernel_una)
 
@@ -697,7 +685,7 @@ class Connection:
             and not ev.flags & (SYN | RST)
             and bool(ev.flags & ACK)
             and self.right_edge is not None
-            and self.plan is not None
+            and self.rebuild is not None
             and seq.gt(ev.seq, self.right_edge)
         )
 
@@ -706,14 +694,12 @@ class Connection:
         client sends them again, never acked); its ack goes on alone, in a pure ack at
         the window's edge, or the server's output may never be acked: a server blocked
         in write with its window shut waits for good."""
-        assert self.plan is not None and self.right_edge is not None
+        assert self.rebuild is not None and self.right_edge is not None
         self._emit(Drop(ev.ident, "past the rebuilt kernel's window: its ack goes alone"))
         rw = self._inbound_rewrite(ev)  # the ack and TSecr in the kernel's view
         ack = rw.ack if rw is not None and rw.ack is not None else ev.ack
         ts_ecr = rw.ts_ecr if rw is not None and rw.ts_ecr is not None else ev.ts_ecr
-        seg = self.plan.refill_segment(
-            self.right_edge, b"", ack, ev.window, ts_ecr, ts_val=self.client_ts_val
-        )
+        seg = self.rebuild.segment(self.right_edge, b"", ack, ev.window, self.client_ts_val, ts_ecr)
         self._emit(Fabricate(Direction.TO_SERVER, seg, "ack of a segment past the window"))
 
     def _inbound_rewrite(self, ev: ClientSegment) -> Rewrite | None:
@@ -738,15 +724,15 @@ class Connection:
         if ev.sack:
             blocks: list[tuple[int, int]] = []
             for left, right in ev.sack:
-                kl = (left - self.delta_seq) & seq.MASK
-                kr = seq.min_((right - self.delta_seq) & seq.MASK, self.kernel_snd_nxt)
+                kl = seq.usub(left, self.delta_seq)
+                kr = seq.min_(seq.usub(right, self.delta_seq), self.kernel_snd_nxt)
                 if seq.lt(kl, kr):
                     blocks.append((kl, kr))
             new: SackBlocks = tuple(blocks)
             if new != ev.sack:
                 sack = new
         if ev.ts_ecr is not None and self.ts_off:
-            ts_ecr = (ev.ts_ecr - self.ts_off) & seq.MASK
+            ts_ecr = seq.usub(ev.ts_ecr, self.ts_off)
         rw = Rewrite(seq=sq, ack=ack, sack=sack, ts_ecr=ts_ecr)
         return None if rw.empty else rw
 
@@ -766,7 +752,8 @@ class Connection:
             trig = T.SERVER_FIN if self.app_shut_wr else T.SERVER_UNEXPLAINED
         else:
             trig = T.SERVER_SEGMENT
-        if trig is T.SERVER_SYNACK and self.state is State.REPLAY_SYN_SENT and self._repair:
+        rb = self.rebuild
+        if trig is T.SERVER_SYNACK and self.state is State.REPLAY_SYN_SENT and rb and rb.repair:
             trig = T.REPAIR_SYNACK
         stale_rst = bool(f & RST) and self.state in _LIVE and self.closed_both_ways
         if stale_rst:
@@ -836,11 +823,12 @@ class Connection:
     def _server_live(self, ev: ServerSegment) -> None:
         self._note_kernel_ack(ev)
         refilled = False
-        if self._rebuilt and not self._refill_done:
+        rb = self.rebuild
+        if self.refilling and rb is not None and self.kernel_ack is not None:
             if ev.ts_val is not None:
-                self._k_tsval = ev.ts_val
-            self._refill_progress(ev.now)
-            refilled = self._refill_done
+                rb.k_tsval = ev.ts_val
+            rb.progress(self.kernel_ack, ev.now)
+            refilled = rb.done
         pure = ev.payload_len == 0 and not ev.flags & (SYN | FIN | RST)
         if (
             ev.flags & ACK
@@ -1051,20 +1039,22 @@ class Connection:
         now = ev.now
         if self.state in _DARK and self._next_probe is not None and now >= self._next_probe:
             self._probe(now)
+        rb = self.rebuild
         if (
             self.state is State.REPLAY_SYN_SENT
-            and self._syn_sent_at is not None
-            and now >= self._syn_sent_at + self.syn_rto
-            and self.plan is not None
+            and rb is not None
+            and rb.syn_sent_at is not None
+            and now >= rb.syn_sent_at + self.syn_rto
         ):
-            self._syn_sent_at = now
-            self._emit(Fabricate(Direction.TO_SERVER, self.plan.syn(), "rebuild SYN again"))
-        if self.refilling and self.state in _LIVE and now >= self._refill_at + self.refill_rto:
-            base = seq.add(self.c_isn, 1)
-            k = self.kernel_ack if self.kernel_ack is not None else base
-            self._inj_next = seq.max_(k, base)
-            self._fin_injected = False
-            self._refill_at = now
+            rb.syn_sent_at = now
+            self._emit(Fabricate(Direction.TO_SERVER, rb.syn(), "rebuild SYN again"))
+        if (
+            rb is not None
+            and self.refilling
+            and self.state in _LIVE
+            and now >= rb.at + self.refill_rto
+        ):
+            rb.timed_out(self.kernel_ack, now)
             self._refill(now)
         self._set_state(nxt)
 
@@ -1094,7 +1084,7 @@ class Connection:
         self._closes_seen = 0
         self._frozen_ack = seq.max_(self.ack_limit, self.delivered_ack)
         self._rebuilt = False
-        self._refill_done = True
+        self.rebuild = None
         # closed-window acks start fast (the client stops sending into a dead socket at
         # once) and back off to `probe_interval`
         self._probe_gap = min(PROBE_FIRST, self.probe_interval)
@@ -1171,10 +1161,9 @@ class Connection:
             self.stable_seq = plan.stable_seq
         if plan.client_fin and plan.stable_seq == self.stable_seq:
             self._fin_logged = True
-        self._repair = ev.repair
-        self._repair_synack = None
-        self._syn_sent_at = ev.now
-        self._emit(Fabricate(Direction.TO_SERVER, plan.syn(), "rebuild: client SYN"))
+        rb = KernelRebuild(plan, ev.now, repair=ev.repair, late=self._late, chunk=self.refill_chunk)
+        self.rebuild = rb
+        self._emit(Fabricate(Direction.TO_SERVER, rb.syn(), "rebuild: client SYN"))
         self._set_state(nxt)
 
     def _ts_floor(self, now: float) -> int | None:
@@ -1192,39 +1181,33 @@ class Connection:
         return best
 
     def _rebuild_synack(self, ev: ServerSegment) -> None:
-        plan = self.plan
-        assert plan is not None
+        """The new kernel's SYN-ACK (handshake restore): translation from here on, and
+        the refill starts."""
+        rb = self.rebuild
+        assert rb is not None
+        plan = rb.plan
+        rb.synack_seen(ev)
         opts = ev.syn_opts or SynOptions()
-        n_isn = ev.seq
-        self._n_isn = n_isn
         ws = self.client_opts.wscale is not None and self.server_opts.wscale is not None
         self.k_wscale = (opts.wscale or 0) if ws and opts.wscale is not None else 0
-        self.delta_seq = plan.delta_seq(n_isn)
-        self._n_tsval = opts.ts_val if opts.ts_val is not None else ev.ts_val
-        if self.ts_ok and self._n_tsval is not None:
-            self.ts_off = plan.ts_offset(self._n_tsval, self._ts_floor(ev.now))
+        self.delta_seq = plan.delta_seq(rb.n_isn)
+        if self.ts_ok and rb.n_tsval is not None:
+            self.ts_off = plan.ts_offset(rb.n_tsval, self._ts_floor(ev.now))
         else:
             self.ts_off = 0
         base = seq.add(self.c_isn, 1)
-        self.kernel_snd_nxt = seq.add(n_isn, 1)
-        self.kernel_una = seq.add(n_isn, 1)
+        self.kernel_snd_nxt = seq.add(rb.n_isn, 1)
+        self.kernel_una = seq.add(rb.n_isn, 1)
         self.kernel_ack = base
         self.right_edge = seq.add(base, ev.window)
         self._kernel_has = _Coverage(base)
-        self._kmss = opts.mss or DEFAULT_MSS
-        self._inj_next = base
-        self._fin_injected = False
-        self._refill_done = False
-        self._refill_at = ev.now
+        rb.start(base, opts.mss or DEFAULT_MSS, ev.now)
         self._rebuilt = True
-        self._k_tsval = None
         self.policy.reset()
         self._emit(Drop(ev.ident, "rebuilt SYN-ACK: answered by SSW"))
         self._emit(Fabricate(Direction.TO_SERVER, self._third_ack(), "rebuild: third ack"))
         self._refill(ev.now)
-        if seq.ge(base, self._refill_target()):  # nothing to refill: no kernel ack will come
-            self._refill_done = True
-            self._late.clear()
+        if rb.done:  # nothing to refill: no kernel ack will come
             self._open_window("rebuilt: nothing to refill")
 
     # ------------------------------------------------------- --restore repair
@@ -1232,16 +1215,17 @@ class Connection:
     @property
     def awaiting_repair(self) -> bool:
         """The rebuilt handshake is complete; the accepted socket awaits TCP_REPAIR."""
-        return self.state is State.REPLAY_SYN_SENT and self._repair_synack is not None
+        rb = self.rebuild
+        return self.state is State.REPLAY_SYN_SENT and rb is not None and rb.synack is not None
 
     def _repair_synack_seen(self, ev: ServerSegment) -> None:
         """The new kernel's SYN-ACK (repair mode): complete the handshake so that the
         application's accept returns; nothing is refilled or translated yet."""
-        opts = ev.syn_opts or SynOptions()
-        self._n_isn = ev.seq
-        self._n_tsval = opts.ts_val if opts.ts_val is not None else ev.ts_val
-        self._repair_synack = ev
-        self._syn_sent_at = None  # no SYN retransmission from here on
+        rb = self.rebuild
+        assert rb is not None
+        rb.synack_seen(ev)
+        rb.synack = ev
+        rb.syn_sent_at = None  # no SYN retransmission from here on
         self._emit(Drop(ev.ident, "rebuilt SYN-ACK: answered by SSW (repair follows)"))
         self._emit(Fabricate(Direction.TO_SERVER, self._third_ack(), "rebuild: third ack"))
 
@@ -1275,9 +1259,10 @@ class Connection:
 
     def _on_repaired(self, ev: Repaired) -> None:
         nxt = self._next(T.REPAIRED, ev)
-        plan, synack = self.plan, self._repair_synack
-        assert plan is not None and synack is not None
-        self._repair = False
+        rb = self.rebuild
+        assert rb is not None and rb.synack is not None
+        plan, synack = rb.plan, rb.synack
+        rb.repair = False
         if not ev.ok:
             # TCP_REPAIR failed before touching the socket: the handshake connection
             # stands; go on exactly as `--restore handshake` (translate by delta_seq)
@@ -1297,37 +1282,21 @@ class Connection:
         self.ts_off = 0
         self.k_wscale = self.s_wscale
         if self.ts_ok:
-            self._n_tsval = self._ts_floor(ev.now)
+            rb.n_tsval = self._ts_floor(ev.now)
         self.kernel_snd_nxt = snd
         self.kernel_una = snd
         self.kernel_ack = rcv
         self.right_edge = seq.add(rcv, ev.rcv_wnd)
         self._kernel_has = _Coverage(rcv)
-        self._kmss = self.client_opts.mss or DEFAULT_MSS
-        self._inj_next = rcv
-        self._fin_injected = False
-        self._refill_mark = rcv
-        self._refill_done = seq.ge(rcv, self._refill_target())
-        self._refill_at = ev.now
+        rb.start(rcv, self.client_opts.mss or DEFAULT_MSS, ev.now)
         self._rebuilt = True
-        self._k_tsval = None
         self.policy.reset()
         self._refill(ev.now)  # what did not fit the receive queue, and a logged client FIN
         self._set_state(nxt)
 
     def _third_ack(self) -> OutSegment:
-        assert self.plan is not None
-        a = self.plan.third_ack(self._n_isn, self._n_tsval)
-        return OutSegment(
-            seq=a.seq,
-            ack=a.ack,
-            flags=a.flags,
-            window=self.client_window,
-            ts_val=(self.client_ts_val if self.client_ts_val is not None else a.ts_val)
-            if self.ts_ok
-            else None,
-            ts_ecr=a.ts_ecr,
-        )
+        assert self.rebuild is not None
+        return self.rebuild.third_ack(self.client_window, self.client_ts_val)
 
     def _open_window(self, reason: str) -> None:
         """Rebuilt and refilled: tell the client at once that the window is open again
@@ -1345,109 +1314,14 @@ class Connection:
         if old is None or len(old[0]) < ev.payload_len or (fin and not old[1]):
             self._late[ev.seq] = (bytes(ev.payload), fin)
 
-    def _late_span(self) -> tuple[int, bool]:
-        """End of the instream to refill and whether a client FIN follows it: the plan's
-        instream, extended by the late client segments that continue it contiguously."""
-        plan = self.plan
-        assert plan is not None
-        end, fin = plan.stable_seq, plan.client_fin
-        if fin or not self._late:
-            return end, fin
-        for sq in sorted(self._late, key=lambda q: seq.sub(q, plan.stable_seq)):
-            if seq.gt(sq, end):
-                break
-            payload, f = self._late[sq]
-            e = seq.add(sq, len(payload))
-            if seq.gt(e, end):
-                end = e
-            if f and e == end:
-                return end, True
-        return end, False
-
-    def _refill_target(self) -> int:
-        end, fin = self._late_span()
-        return seq.add(end, 1) if fin else end
-
-    def _refill_progress(self, now: float) -> None:
-        if self._refill_done or self.kernel_ack is None:
-            return
-        k = self.kernel_ack
-        if seq.gt(k, self._inj_next):
-            self._inj_next = k
-        if seq.gt(k, self._refill_mark):
-            self._refill_at = now
-        self._refill_mark = k
-        if seq.ge(k, self._refill_target()):
-            self._refill_done = True
-            self._late.clear()
-
     def _refill(self, now: float) -> None:
-        """Inject logged instream bytes into the rebuilt connection, paced by its window."""
-        plan = self.plan
-        if self._refill_done or plan is None or self.right_edge is None:
+        """Inject what the rebuilt connection's window allows (`KernelRebuild.refill`)."""
+        rb = self.rebuild
+        if rb is None or rb.done or self.right_edge is None:
             return
         ack = self._kernel_view_ack(self.server_seq)
         self.kernel_una = seq.max_(self.kernel_una, ack)
-        ts_ecr = self._k_tsval if self._k_tsval is not None else self._n_tsval
-        size = max(self._kmss, self.refill_chunk or 0)
-        for sq, chunk in plan.instream_chunks(self._inj_next, self.right_edge, size):
-            self._emit(
-                Fabricate(
-                    Direction.TO_SERVER,
-                    plan.refill_segment(
-                        sq, chunk, ack, self.client_window, ts_ecr, ts_val=self.client_ts_val
-                    ),
-                    "refill: logged instream",
-                )
-            )
-            end = seq.add(sq, len(chunk))
-            self._kernel_has.add(sq, end)
-            self._inj_next = end
-        if self._late and seq.ge(self._inj_next, plan.stable_seq):
-            self._refill_late(ack, ts_ecr, size)
-        fin_at, fin = self._late_span()
-        if fin and not self._fin_injected and self._inj_next == fin_at:
-            self._fin_injected = True
-            self._kernel_has.add(fin_at, seq.add(fin_at, 1))
-            self._emit(
-                Fabricate(
-                    Direction.TO_SERVER,
-                    plan.refill_segment(
-                        fin_at,
-                        b"",
-                        ack,
-                        self.client_window,
-                        ts_ecr,
-                        fin=True,
-                        ts_val=self.client_ts_val,
-                    ),
-                    "refill: logged client FIN",
-                )
-            )
-
-    def _refill_late(self, ack: int, ts_ecr: int | None, size: int) -> None:
-        """Inject the late client bytes that continue the refill, within the window."""
-        plan = self.plan
-        assert plan is not None and self.right_edge is not None
-        base = plan.stable_seq
-        for sq in sorted(self._late, key=lambda q: seq.sub(q, base)):
-            payload, _ = self._late[sq]
-            end = seq.min_(seq.add(sq, len(payload)), self.right_edge)
-            if seq.gt(sq, self._inj_next):
-                break
-            while seq.lt(self._inj_next, end):
-                start = self._inj_next
-                off = seq.sub(start, sq)
-                n = min(size, seq.sub(end, start))
-                chunk = payload[off : off + n]
-                self._emit(
-                    Fabricate(
-                        Direction.TO_SERVER,
-                        plan.refill_segment(
-                            start, chunk, ack, self.client_window, ts_ecr, ts_val=self.client_ts_val
-                        ),
-                        "refill: late client data",
-                    )
-                )
-                self._inj_next = seq.add(start, n)
-                self._kernel_has.add(start, self._inj_next)
+        for seg, reason in rb.refill(self.right_edge, ack, self.client_window, self.client_ts_val):
+            n = len(seg.payload) + (1 if seg.flags & FIN else 0)
+            self._kernel_has.add(seg.seq, seq.add(seg.seq, n))
+            self._emit(Fabricate(Direction.TO_SERVER, seg, reason))

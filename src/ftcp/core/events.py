@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ftcp.core.records import CloseHow, ReadResult, Record, SynOptions
-
-if TYPE_CHECKING:  # replay imports this module
-    from ftcp.core.replay import RecoveryPlan
+from ftcp.core.replay import RecoveryPlan
 
 # TCP flags (same values as `ftcp.core.packet`; defined here so the core does not
 # depend on the byte-level module).
@@ -133,8 +130,8 @@ class ProcessDied:
 class Rebuild:
     """The restarted application calls accept: rebuild the kernel connection.
 
-    `plan` is a `ftcp.core.replay.RecoveryPlan`; the same plan drives NSW's
-    `ReadReplayer`/`WriteFilter`, so both sides agree on `discard`.
+    The same `plan` is what the shim replays (its `reads`, its `discard`), so both
+    sides of the recovery agree on it.
     """
 
     now: float
@@ -280,10 +277,13 @@ class OutSegment:
     ack: int
     flags: int
     window: int
-    payload: bytes = b""
+    payload: bytes | memoryview = b""  # a refill's is a view of the logged instream
     syn_opts: SynOptions | None = None
     ts_val: int | None = None
     ts_ecr: int | None = None
+    # the payload's offset in the connection's logged instream (-1: not from it): the
+    # I/O layer may have its checksum summed already (`ftcp.ssw.engine`)
+    payload_at: int = -1
 
 
 @dataclass(frozen=True, slots=True)

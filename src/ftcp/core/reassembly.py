@@ -60,7 +60,7 @@ class Reassembler:
             # fast path (the logger's hot path): the next bytes, in order; what
             # the general path below would do, minus the bookkeeping
             self._data += payload
-            self.stable_seq = (sq + len(payload)) & seq.MASK
+            self.stable_seq = seq.add(sq, len(payload))
             return self.stable_seq
         base = seq.add(self.isn, 1)
         off = seq.sub(sq, base)

@@ -20,24 +20,14 @@ IP packet; no preamble, FCS or inter-frame gap), for `tbf` and the hub alike.
 A full-size TCP segment (1448 payload bytes with timestamps) is a 1514-byte
 frame, so TCP goodput tops out at 1448/1514 = 95.6% of the configured rate.
 
-Queues: where a frame waits differs at the two ends of an attachment, as on
-real Ethernet. The switch-side `tbf` (a switch port toward the host) holds
-`QUEUE_SECONDS` (~50 ms) of traffic and tail-drops beyond it. The host-side
-`tbf` stands for the host's own NIC and its transmit queue, so it holds at
-least `HOST_TXQUEUE_FRAMES` full frames (Linux's default `txqueuelen`; ~1.2 s
-at 10 Mbit/s, 121 ms at 100 Mbit/s, the 50 ms rule above 240 Mbit/s). On a
-real 10 Mbit/s NIC a sender is held back by its own queue, it does not lose
-frames to it: TCP Small Queues lets one socket park up to
-`tcp_limit_output_bytes` (4 MB here) in the qdisc, and in slow start its
-pacing-rate budget (1 ms at 2 x cwnd/srtt, srtt being tiny while the queue is
-empty) far exceeds 50 ms at 10 Mbit/s. With a 50 ms host queue a clean 1 MB
-upload to a server whose receive window grew to ~900 KB lost ~1400 frames
-per run in its own `tbf` (not seen by a capture, which taps after the
-qdisc), and a third of the runs stalled in a retransmission timeout (~820
-vs ~1160 KB/s, R^2 0.93). With the NIC-sized queue: no loss, 1168 KB/s
-(95.6% of 10 Mbit/s, the frame-efficiency ceiling), R^2 > 0.9999, every run.
-Segmentation offloads are left on: `tbf` segments a GSO packet itself, and
-turning GSO/TSO/GRO off (measured) changed neither the losses nor the stalls.
+Queues: as on real Ethernet, the two ends of an attachment differ. The
+switch-side `tbf` (a switch port toward the host) holds `QUEUE_SECONDS` (~50 ms)
+of traffic and tail-drops beyond it. The host-side `tbf` stands for the host's
+own NIC and its transmit queue, so it holds at least `HOST_TXQUEUE_FRAMES` full
+frames (Linux's default `txqueuelen`): a sender is held back by its own queue,
+it does not lose frames to it (with a 50 ms host queue a clean sender lost
+frames in its own qdisc in slow start: docs/notes/2026-11-27-lab-queues.md).
+Segmentation offloads are left on: `tbf` segments a GSO packet itself.
 """
 
 from __future__ import annotations

@@ -27,9 +27,9 @@ HUGE_INSTREAM = 4 << 20  # from this size the instream buffer is anonymous memor
 def _instream_buffer(n: int) -> bytearray | memoryview:
     """A zeroed, writable buffer of `n` bytes for an instream being received.
 
-    A large one is an anonymous mapping advised to use transparent huge pages: the
-    copy into fresh memory is then not one page fault per 4 KiB (measured: 64 MiB
-    filled in 12 ms instead of 50 ms). Without THP it is an ordinary mapping."""
+    A large one is an anonymous mapping advised to use transparent huge pages, so
+    that the copy into fresh memory is not one page fault per 4 KiB. Without THP it
+    is an ordinary mapping."""
     if n < HUGE_INSTREAM:
         return bytearray(n)
     m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -45,16 +45,14 @@ POPULATE_STEP = 2 << 20  # one huge page
 
 def _populate_ahead(m: mmap.mmap, n: int) -> None:
     """Fault the mapping in from a helper thread, front to back, while the answer is
-    received into it: memory the machine has not used yet costs microseconds per 4 KiB
-    (measured here: a 1 GiB instream took 2.4-2.7 s to copy in, against 0.1-0.7 s for
-    recently used memory); the thread takes those faults off the receiving loop. The
-    receiver may overtake it (then it faults its pages itself); ctypes drops the GIL.
+    received into it: memory the machine has not used yet costs microseconds per
+    4 KiB, and the thread takes those faults off the receiving loop. The receiver may
+    overtake it (then it faults its pages itself); ctypes drops the GIL.
 
-    It goes a huge page (`POPULATE_STEP`) per call: a call holds the process's mmap
-    lock (read side), and anything in the supervisor that maps memory (the allocator,
-    a new NSW session's page) waits for the write side, stalling every fault behind it.
-    With 16 MiB steps on fresh memory, one call held it for tens of ms and the loop
-    took a restarted application's first NSW message 30 ms late."""
+    One huge page (`POPULATE_STEP`) per call: a call holds the process's mmap lock
+    (read side), and anything that maps memory meanwhile (the allocator, a new NSW
+    session's page) waits for the write side, stalling every fault behind it
+    (docs/notes/2026-11-27-kernel-facts.md)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         madvise = libc.madvise

@@ -81,7 +81,7 @@ def set_nagle(transport: asyncio.BaseTransport, on: bool) -> None:
 _WRITE_COPIES = sys.version_info < (3, 12)
 RECOVER_CHUNK = 1 << 20  # instream bytes per RECOVER_INSTREAM frame
 # tests: a pause after each RECOVER_INSTREAM frame (a log transfer slow enough to cut)
-TEST_RECOVER_DELAY_ENV = "FTCP_LOGGER_TEST_RECOVER_DELAY_MS"
+TEST_RECOVER_DELAY_ENV = "FTCP_TEST_LOGGER_RECOVER_DELAY_MS"
 RECOVER_SNDBUF = 4 << 20  # send buffer asked for a large recovery answer (capped by wmem_max)
 
 

@@ -9,7 +9,7 @@
  *   FTCP_NSW_DEBUG=1   trace protocol events on stderr
  *   FTCP_NSW_STRICT=1  abort() instead of degrading to pass-through when the
  *                      agent cannot be reached
- *   FTCP_SHIM_TEST_CHILD_DELAY_MS=N  TEST ONLY (see test_child_delay)
+ *   FTCP_TEST_SHIM_CHILD_DELAY_MS=N  TEST ONLY (see test_child_delay)
  *
  * A protected connection is an fd returned by accept/accept4 whose local
  * address is AF_INET/AF_INET6, SOCK_STREAM/TCP, port FTCP_PORT.  Protected
@@ -1434,7 +1434,7 @@ EXPORT pid_t fork(void)
 }
 
 /*
- * TEST ONLY: FTCP_SHIM_TEST_CHILD_DELAY_MS=N makes a forked child that holds
+ * TEST ONLY: FTCP_TEST_SHIM_CHILD_DELAY_MS=N makes a forked child that holds
  * protected connections sleep N ms before it opens its session (the window
  * in which the agent has not heard from it).  Read at fork time, in the
  * child, so a test server can set it for one fork only.  Never set it in
@@ -1442,7 +1442,7 @@ EXPORT pid_t fork(void)
  */
 static void test_child_delay(void)
 {
-    const char *d = getenv("FTCP_SHIM_TEST_CHILD_DELAY_MS");
+    const char *d = getenv("FTCP_TEST_SHIM_CHILD_DELAY_MS");
     long ms = d ? strtol(d, NULL, 10) : 0;
     if (ms <= 0) return;
     struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };

@@ -75,8 +75,19 @@ from ftcp.core.events import (
     StartRecovery,
     Timer,
 )
-from ftcp.core.packet import ACK, FIN, RST, SYN, PacketError, TcpPacket, build_tcp, encode_options
+from ftcp.core.packet import (
+    ACK,
+    FIN,
+    RST,
+    SYN,
+    BlockSums,
+    PacketError,
+    TcpPacket,
+    build_tcp,
+    encode_options,
+)
 from ftcp.core.records import CloseHow, ReadKind, ReadResult, Record, SynOptions
+from ftcp.core.replay import RecoveryPlan
 from ftcp.errors import FtcpError
 from ftcp.ssw.nfqueue import Queue, QueuedPacket
 
@@ -120,6 +131,10 @@ class Conn:
     accepted: bool = False  # the application accept()ed it (NSW said so)
     last_limit: int | None = None
     read_logged: int = 0  # ack trace only: bytes read with the read results durable
+    # checksum block sums of the logged instream of `sums_of` (a recovery plan): refill
+    # payloads are ranges of it, so building a segment folds its headers only
+    sums: BlockSums | None = None
+    sums_of: object = None
 
 
 class Engine:
@@ -191,6 +206,15 @@ class Engine:
         if hasattr(self.queue, "zero_copy"):
             self.queue.zero_copy = True  # payloads as views: logged without another copy
         self._loop.add_reader(self.queue.fileno(), self._on_queue)
+
+    def pause_intake(self) -> None:
+        """Stop reading the queue (packets wait in the kernel, then are dropped)."""
+        if self._loop is not None:
+            self._loop.remove_reader(self.queue.fileno())
+
+    def resume_intake(self) -> None:
+        if self._loop is not None:
+            self._loop.add_reader(self.queue.fileno(), self._on_queue)
 
     def stop(self) -> None:
         if self._loop is not None:
@@ -441,13 +465,30 @@ class Engine:
             opts = encode_options(mss=o.mss, wscale=o.wscale, sack_ok=o.sack_ok, ts=ts)
         else:
             opts = encode_options(ts=ts)
+        payload = s.payload
+        if s.payload_at >= 0 and c.core.plan is not None:
+            payload = self._sums(c, c.core.plan).summed(s.payload_at, s.payload_at + len(payload))
         try:
-            raw = build_tcp(src, dst, sp, dp, s.seq, s.ack, s.flags, s.window, opts, s.payload)
+            raw = build_tcp(src, dst, sp, dp, s.seq, s.ack, s.flags, s.window, opts, payload)
             self.injector.send(raw)
         except (OSError, ValueError) as e:
             log.error("ssw: conn %d: cannot inject (%s): %s", c.core.conn_id, a.reason, e)
             return
         self.stats.fabricated += 1
+
+    @staticmethod
+    def _sums(c: Conn, plan: RecoveryPlan) -> BlockSums:
+        if c.sums is None or c.sums_of is not plan:
+            c.sums, c.sums_of = BlockSums(plan.instream), plan
+        return c.sums
+
+    def presum(self, conn_id: int, plan: RecoveryPlan, max_blocks: int) -> bool:
+        """Sum up to `max_blocks` more checksum blocks of `plan`'s instream (what has
+        arrived), ahead of its refill; True when those are all summed."""
+        c = self.by_id.get(conn_id)
+        if c is None:
+            return True
+        return self._sums(c, plan).precompute(max_blocks, plan.instream_ready)
 
     def _log(self, r: Record) -> None:
         self._records.append(r)

@@ -8,7 +8,7 @@ Control files in CTLDIR (made by the test; each one acts once):
     hold       if present at accept, the parent consumes it and waits for `go`
                before forking
     delay      if present at accept, its content (ms) is put in
-               FTCP_SHIM_TEST_CHILD_DELAY_MS for that one fork: the shim stalls
+               FTCP_TEST_SHIM_CHILD_DELAY_MS for that one fork: the shim stalls
                the child before its agent session opens (the fork race window)
 """
 
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-KNOB = "FTCP_SHIM_TEST_CHILD_DELAY_MS"
+KNOB = "FTCP_TEST_SHIM_CHILD_DELAY_MS"
 
 
 def consume(p: Path) -> str | None:
