@@ -36,6 +36,7 @@ from rich.text import Text
 
 from ftcp.appproc import children
 from ftcp.errors import UserError
+from ftcp.lab.net import Lab
 from ftcp.lab.services import start_logger
 
 NBYTES = 6 * 1024 * 1024
@@ -136,89 +137,15 @@ def run_demo(name: str, nbytes: int = NBYTES, topology: str = TOPOLOGY) -> int:
     st = _State()
     procs: list[subprocess.Popen] = []
     try:
-        lip = lab.ip("logger")
-        try:
-            procs.append(start_logger(lab, "logger", lip, LOGGER_PORT, tmp / "log"))
-        except RuntimeError as e:
-            raise UserError(f"demo {e}") from None
-        ftcp = lab.popen(
-            "server",
-            [sys.executable, "-c", "from ftcp.cli import main; main()", "run",
-             "--logger", f"{lip}:{LOGGER_PORT}", "--insecure", "--port", str(PORT),
-             "--state-dir", str(tmp / "state"), "--",
-             sys.executable, "-m", "ftcp.demo_peer", "server", "--addr", lab.ip("server"),
-             "--port", str(PORT), "--bytes", str(nbytes), "--seed", "2"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-        )  # fmt: skip
-        procs.append(ftcp)
-        assert ftcp.stdout is not None
-        first = ftcp.stdout.readline()
-        if '"ready"' not in first:
-            raise UserError(f"demo server did not start under ftcp run: {first.strip()!r}")
-        st.event(f"logger on {lip}:{LOGGER_PORT}; server protected by `ftcp run` on port {PORT}")
-        threading.Thread(target=_read_ftcp, args=(ftcp, st, tmp / "ftcp.err"), daemon=True).start()
+        ftcp = _start_server(lab, tmp, nbytes, st, procs)
         cli = lab.python(
             "client", "ftcp.demo_peer", "client", "--addr", lab.ip("server"),
             "--port", str(PORT), "--bytes", str(nbytes), "--seed", "1",
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         procs.append(cli)
-        readers = [
-            threading.Thread(target=_read_json, args=(p, st, end), daemon=True)
-            for p, end in ((cli, "client"), (ftcp, "server"))
-        ]
-        for r in readers:
-            r.start()
-        kills = list(KILL_AT)
-        deadline = time.monotonic() + 150
-        with Live(_table(topology, st, nbytes), console=console, refresh_per_second=8) as live:
-            while readers[0].is_alive() and time.monotonic() < deadline:
-                got = st.rows.get("client", {}).get("received", 0)
-                if kills and got >= kills[0] * nbytes:
-                    kills.pop(0)
-                    kids = children(ftcp.pid)
-                    for pid in kids:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGKILL)
-                    st.event(
-                        f"kill -9 of the server (pid {kids[0] if kids else '?'}) "
-                        f"at {got / 2**20:.2f} MiB received by the client",
-                        style="bold red",
-                    )
-                live.update(_table(topology, st, nbytes))
-                time.sleep(0.05)
-            cli.wait(timeout=10)
-            end = time.monotonic() + 10
-            while st.rows.get("server", {}).get("kind") != "done" and time.monotonic() < end:
-                time.sleep(0.05)
-            live.update(_table(topology, st, nbytes))
-        console.print()
-        c, s = st.rows.get("client", {}), st.rows.get("server", {})
-        ok = (
-            c.get("kind") == "done"
-            and s.get("kind") == "done"
-            and not c.get("error")
-            and not s.get("error")
-            and c["sent"] == nbytes == c["received"]
-            and c["sha256_sent"] == s["sha256_received"]
-            and s["sha256_sent"] == c["sha256_received"]
-        )
-        killed = len(KILL_AT) - len(kills)
-        console.print(
-            f"server killed {killed} time(s), recovered {st.recovered} time(s); client stalls: "
-            + (", ".join(f"{x:.2f} s" for x in st.stalls) or "none over 0.5 s")
-        )
-        if ok:
-            console.print(f"upload   sha256 {c['sha256_sent'][:16]}… [green]matches[/green]")
-            console.print(f"download sha256 {s['sha256_sent'][:16]}… [green]matches[/green]")
-            console.print(
-                "The client never saw a reset, a lost byte or a duplicated byte: both "
-                "kill -9s were masked."
-            )
-        else:
-            console.print(f"[red]verification failed[/red]: client={c} server={s}")
-            console.print(f"ftcp run's log: {tmp / 'ftcp.err'}")
-        good = ok and killed == st.recovered == len(KILL_AT)
+        killed = _watch(console, topology, st, nbytes, ftcp, cli)
+        good = _verdict(console, st, nbytes, killed, tmp)
         if good:
             shutil.rmtree(tmp, ignore_errors=True)
         return 0 if good else 1
@@ -233,3 +160,103 @@ def run_demo(name: str, nbytes: int = NBYTES, topology: str = TOPOLOGY) -> int:
                     p.wait()
         lab.down()
         console.print(f"lab {name!r} removed")
+
+
+def _start_server(
+    lab: Lab, tmp: Path, nbytes: int, st: _State, procs: list[subprocess.Popen]
+) -> subprocess.Popen:
+    """A logger, and the demo's server under `ftcp run`, once it is ready."""
+    lip = lab.ip("logger")
+    try:
+        procs.append(start_logger(lab, "logger", lip, LOGGER_PORT, tmp / "log"))
+    except RuntimeError as e:
+        raise UserError(f"demo {e}") from None
+    ftcp = lab.popen(
+        "server",
+        [sys.executable, "-c", "from ftcp.cli import main; main()", "run",
+         "--logger", f"{lip}:{LOGGER_PORT}", "--insecure", "--port", str(PORT),
+         "--state-dir", str(tmp / "state"), "--",
+         sys.executable, "-m", "ftcp.demo_peer", "server", "--addr", lab.ip("server"),
+         "--port", str(PORT), "--bytes", str(nbytes), "--seed", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    )  # fmt: skip
+    procs.append(ftcp)
+    assert ftcp.stdout is not None
+    first = ftcp.stdout.readline()
+    if '"ready"' not in first:
+        raise UserError(f"demo server did not start under ftcp run: {first.strip()!r}")
+    st.event(f"logger on {lip}:{LOGGER_PORT}; server protected by `ftcp run` on port {PORT}")
+    threading.Thread(target=_read_ftcp, args=(ftcp, st, tmp / "ftcp.err"), daemon=True).start()
+    return ftcp
+
+
+def _watch(
+    console: Console,
+    topology: str,
+    st: _State,
+    nbytes: int,
+    ftcp: subprocess.Popen,
+    cli: subprocess.Popen,
+) -> int:
+    """The live display while the transfer runs, killing the server at `KILL_AT`;
+    how many times it was killed."""
+    readers = [
+        threading.Thread(target=_read_json, args=(p, st, end), daemon=True)
+        for p, end in ((cli, "client"), (ftcp, "server"))
+    ]
+    for r in readers:
+        r.start()
+    kills = list(KILL_AT)
+    deadline = time.monotonic() + 150
+    with Live(_table(topology, st, nbytes), console=console, refresh_per_second=8) as live:
+        while readers[0].is_alive() and time.monotonic() < deadline:
+            got = st.rows.get("client", {}).get("received", 0)
+            if kills and got >= kills[0] * nbytes:
+                kills.pop(0)
+                kids = children(ftcp.pid)
+                for pid in kids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                st.event(
+                    f"kill -9 of the server (pid {kids[0] if kids else '?'}) "
+                    f"at {got / 2**20:.2f} MiB received by the client",
+                    style="bold red",
+                )
+            live.update(_table(topology, st, nbytes))
+            time.sleep(0.05)
+        cli.wait(timeout=10)
+        end = time.monotonic() + 10
+        while st.rows.get("server", {}).get("kind") != "done" and time.monotonic() < end:
+            time.sleep(0.05)
+        live.update(_table(topology, st, nbytes))
+    console.print()
+    return len(KILL_AT) - len(kills)
+
+
+def _verdict(console: Console, st: _State, nbytes: int, killed: int, tmp: Path) -> bool:
+    """Both streams' hashes compared, every kill recovered: say so."""
+    c, s = st.rows.get("client", {}), st.rows.get("server", {})
+    ok = (
+        c.get("kind") == "done"
+        and s.get("kind") == "done"
+        and not c.get("error")
+        and not s.get("error")
+        and c["sent"] == nbytes == c["received"]
+        and c["sha256_sent"] == s["sha256_received"]
+        and s["sha256_sent"] == c["sha256_received"]
+    )
+    console.print(
+        f"server killed {killed} time(s), recovered {st.recovered} time(s); client stalls: "
+        + (", ".join(f"{x:.2f} s" for x in st.stalls) or "none over 0.5 s")
+    )
+    if ok:
+        console.print(f"upload   sha256 {c['sha256_sent'][:16]}… [green]matches[/green]")
+        console.print(f"download sha256 {s['sha256_sent'][:16]}… [green]matches[/green]")
+        console.print(
+            "The client never saw a reset, a lost byte or a duplicated byte: both "
+            "kill -9s were masked."
+        )
+    else:
+        console.print(f"[red]verification failed[/red]: client={c} server={s}")
+        console.print(f"ftcp run's log: {tmp / 'ftcp.err'}")
+    return ok and killed == st.recovered == len(KILL_AT)

@@ -10,7 +10,7 @@ unhashes the 4-tuple) -> queue sequence numbers -> bind -> connect (no SYN) ->
 TCP_REPAIR_OPTIONS -> TCP_TIMESTAMP -> fill the receive queue -> TCP_REPAIR_WINDOW
 -> repair off (the kernel sends one window probe).
 
-The order is the one measured in DESIGN.md ("Facts measured on this kernel").
+The order is the one measured on this kernel (docs/DESIGN.md, "Kernel facts").
 Needs CAP_NET_ADMIN. Every failure names its step and errno (`RepairError`);
 `touched` says whether the socket was already disconnected (the handshake
 connection is gone) or is intact (the caller may go on with it as a handshake

@@ -306,23 +306,9 @@ class RunMetrics:
 
 def analyze(segs: list[Seg], server_port: int, mss: int | None = None) -> RunMetrics:
     """The paper's metrics for the (single, or largest) connection to `server_port`."""
-    conns: dict[tuple[str, int], list[Seg]] = {}
-    for s in segs:
-        if s.dport == server_port:
-            conns.setdefault((s.src, s.sport), []).append(s)
-        elif s.sport == server_port:
-            conns.setdefault((s.dst, s.dport), []).append(s)
-    if not conns:
-        raise CaptureError(f"no TCP segment to or from port {server_port} was captured")
-
-    def volume(k: tuple[str, int]) -> int:
-        return sum(s.payload_len for s in conns[k] if s.dport == server_port)
-
-    key = max(conns, key=volume)
-    conn = sorted(conns[key], key=lambda s: s.ts)
+    conn = _largest_connection(segs, server_port)
     out = [s for s in conn if s.dport == server_port]  # client -> server
     back = [s for s in conn if s.sport == server_port]  # server -> client
-
     syn = next((s for s in out if s.flags & pk.SYN), None)
     synack = next((s for s in back if s.flags & pk.SYN), None)
     isn = syn.seq if syn is not None else min(s.seq for s in out if s.payload_len) - 1
@@ -334,62 +320,14 @@ def analyze(segs: list[Seg], server_port: int, mss: int | None = None) -> RunMet
         mss = peer_mss - ts_len if peer_mss else cap
     if not mss or mss <= 0:
         raise CaptureError("no data segment from the client was captured")
-
-    # split data packets into wire-sized segments; first transmissions only
-    seen = Coverage()  # stream ranges already seen on the wire
-    first: list[tuple[float, int, int]] = []  # (send time, start, end) stream offsets
-    packets = 0
-    retrans = 0
-    late = 0  # first seen below the highest byte already sent: lost before the capture point
-    for s in out:
-        if s.payload_len <= 0:
-            continue
-        packets += 1
-        start = _rel(s.seq, isn + 1)
-        end = start + s.payload_len
-        pos = start
-        while pos < end:
-            piece_end = min(end, pos + mss)
-            if seen.covers(pos, piece_end):
-                retrans += 1
-            else:
-                if pos < seen.high:
-                    late += 1
-                first.append((s.ts, pos, piece_end))
-                seen.add(pos, piece_end)
-            pos = piece_end
-    sent_hi = seen.high
+    first, packets, retrans, late, sent_hi = _first_transmissions(out, isn, mss)
     if len(first) < 3:
         raise CaptureError(f"only {len(first)} data segments captured: nothing to fit")
     t0 = first[0][0]
-
     fit_sums = SumStats()
     for t, start, _ in first:
         fit_sums.add(t - t0, float(start))
-    fit = fit_sums.fit()
-
-    # acks: arrival time and the running maximum of the stream-relative ack number
-    ack_t: list[float] = []
-    ack_max: list[int] = []
-    series: list[tuple[float, int]] = []
-    hi = 0
-    acks = acks_all = 0
-    for s in back:
-        if not s.flags & pk.ACK:
-            continue
-        rel = _rel(s.ack, isn + 1)
-        if rel > (1 << 31):  # acks the SYN only (rel == -1 mod 2^32)
-            rel = 0
-        series.append((s.ts - t_syn, rel))
-        if s.flags & pk.SYN:
-            continue
-        acks_all += 1
-        if s.payload_len == 0 and not s.flags & (pk.FIN | pk.RST):
-            acks += 1
-        hi = max(hi, rel)
-        ack_t.append(s.ts)
-        ack_max.append(hi)
-
+    ack_t, ack_max, series, acks, acks_all = _acks(back, isn, t_syn)
     lat = MomentSums()
     unacked = 0
     last_ack_t = t0
@@ -410,7 +348,7 @@ def analyze(segs: list[Seg], server_port: int, mss: int | None = None) -> RunMet
         retransmitted=retrans,
         late_segments=late,
         duration_s=last_ack_t - t0,
-        fit=fit,
+        fit=fit_sums.fit(),
         fit_sums=fit_sums,
         latency=lat.mean_ci(),
         latency_sums=lat,
@@ -422,6 +360,82 @@ def analyze(segs: list[Seg], server_port: int, mss: int | None = None) -> RunMet
         t_syn=t_syn,
         t_first_data=t0,
     )
+
+
+def _largest_connection(segs: list[Seg], server_port: int) -> list[Seg]:
+    """The segments, both ways and in time order, of the connection to `server_port`
+    that carried the most client data."""
+    conns: dict[tuple[str, int], list[Seg]] = {}
+    for s in segs:
+        if s.dport == server_port:
+            conns.setdefault((s.src, s.sport), []).append(s)
+        elif s.sport == server_port:
+            conns.setdefault((s.dst, s.dport), []).append(s)
+    if not conns:
+        raise CaptureError(f"no TCP segment to or from port {server_port} was captured")
+
+    def volume(k: tuple[str, int]) -> int:
+        return sum(s.payload_len for s in conns[k] if s.dport == server_port)
+
+    return sorted(conns[max(conns, key=volume)], key=lambda s: s.ts)
+
+
+def _first_transmissions(
+    out: list[Seg], isn: int, mss: int
+) -> tuple[list[tuple[float, int, int]], int, int, int, int]:
+    """Client data split into wire-sized segments, first transmissions only: (send
+    time, start, end) stream offsets, and the counts of packets, retransmitted
+    segments, segments first seen late (lost before the capture point), and the
+    highest byte sent."""
+    seen = Coverage()  # stream ranges already seen on the wire
+    first: list[tuple[float, int, int]] = []
+    packets = retrans = late = 0
+    for s in out:
+        if s.payload_len <= 0:
+            continue
+        packets += 1
+        start = _rel(s.seq, isn + 1)
+        end = start + s.payload_len
+        pos = start
+        while pos < end:
+            piece_end = min(end, pos + mss)
+            if seen.covers(pos, piece_end):
+                retrans += 1
+            else:
+                if pos < seen.high:
+                    late += 1
+                first.append((s.ts, pos, piece_end))
+                seen.add(pos, piece_end)
+            pos = piece_end
+    return first, packets, retrans, late, seen.high
+
+
+def _acks(
+    back: list[Seg], isn: int, t_syn: float
+) -> tuple[list[float], list[int], list[tuple[float, int]], int, int]:
+    """The server's acks: arrival times with the running maximum of the stream-relative
+    ack number, the (time since the SYN, ack) series, and the counts of pure acks and of
+    all acks."""
+    ack_t: list[float] = []
+    ack_max: list[int] = []
+    series: list[tuple[float, int]] = []
+    hi = acks = acks_all = 0
+    for s in back:
+        if not s.flags & pk.ACK:
+            continue
+        rel = _rel(s.ack, isn + 1)
+        if rel > (1 << 31):  # acks the SYN only (rel == -1 mod 2^32)
+            rel = 0
+        series.append((s.ts - t_syn, rel))
+        if s.flags & pk.SYN:
+            continue
+        acks_all += 1
+        if s.payload_len == 0 and not s.flags & (pk.FIN | pk.RST):
+            acks += 1
+        hi = max(hi, rel)
+        ack_t.append(s.ts)
+        ack_max.append(hi)
+    return ack_t, ack_max, series, acks, acks_all
 
 
 def analyze_pcap(path: str | Path, server_port: int) -> RunMetrics:

@@ -1134,6 +1134,54 @@ METHODOLOGY = """\
 
 def render_report(doc: dict[str, Any]) -> str:
     notes: list[str] = []
+    L = _report_head(doc)
+    for topo in pub.TOPOLOGIES:
+        tdoc = doc["topologies"].get(topo)
+        if tdoc is None:
+            continue
+        L.append(
+            f"## Table {pub.TABLE_OF[topo]} — {pub.TITLE_OF[topo]} performance "
+            f"(`{topo}`: {tdoc['topology']['summary']})"
+        )
+        L.append("")
+        L += _perf_table(topo, tdoc, notes)
+        L.append("")
+        L.append("† not in the paper: Clean with SO_RCVBUF 64 KB (the buffer of Lazy64k).")
+        L.append("")
+    if doc["topologies"]:
+        L.append("## Table IV — logger Nagle disabled")
+        L.append("")
+        L.append(
+            "Throughput (KB/s) with Nagle's algorithm on / off on the logger's ack stream "
+            "(logger → server). Clean has no logger: the same measurement both sides, as in "
+            "the paper."
+        )
+        L.append("")
+        L += _nagle_table(doc, notes)
+        L.append("")
+    L.append("## Table V — recovery")
+    L.append("")
+    L.append(_recovery_text(doc))
+    L += _recovery_table(doc, notes)
+    L.append("")
+    L.append("† not in the paper: rebuilt with `TCP_REPAIR` instead of a replayed handshake.")
+    L.append("")
+    L += _figures_section(doc)
+    L.append("## Not measured, and why")
+    L.append("")
+    if notes:
+        L += [f"* {n}" for n in notes]
+    else:
+        L.append("Everything was measured.")
+    L.append("")
+    L.append("Raw runs (every run's fit sums, latency sums, ack counts, ack series): "
+             "`results.json`; client-side captures: `pcap/`.")  # fmt: skip
+    L.append("")
+    return "\n".join(L)
+
+
+def _report_head(doc: dict[str, Any]) -> list[str]:
+    """Title, what kind of run, the machine, the methodology."""
     L: list[str] = []
     L.append("# FT-TCP, section V — measured here vs. published")
     L.append("")
@@ -1172,93 +1220,45 @@ def render_report(doc: dict[str, Any]) -> str:
             ceiling=10e6 / 8 * 1448 / 1514 / KB,
         ),  # fmt: skip
     ]
-    for topo in pub.TOPOLOGIES:
-        tdoc = doc["topologies"].get(topo)
-        if tdoc is None:
-            continue
-        L.append(
-            f"## Table {pub.TABLE_OF[topo]} — {pub.TITLE_OF[topo]} performance "
-            f"(`{topo}`: {tdoc['topology']['summary']})"
-        )
-        L.append("")
-        L += _perf_table(topo, tdoc, notes)
-        L.append("")
-        L.append("† not in the paper: Clean with SO_RCVBUF 64 KB (the buffer of Lazy64k).")
-        L.append("")
-    if doc["topologies"]:
-        L.append("## Table IV — logger Nagle disabled")
-        L.append("")
-        L.append(
-            "Throughput (KB/s) with Nagle's algorithm on / off on the logger's ack stream "
-            "(logger → server). Clean has no logger: the same measurement both sides, as in "
-            "the paper."
-        )
-        L.append("")
-        L += _nagle_table(doc, notes)
-        L.append("")
-    L.append("## Table V — recovery")
-    L.append("")
-    L.append(_recovery_text(doc))
-    L += _recovery_table(doc, notes)
-    L.append("")
-    L.append("† not in the paper: rebuilt with `TCP_REPAIR` instead of a replayed handshake.")
-    L.append("")
+    return L
+
+
+def _figures_section(doc: dict[str, Any]) -> list[str]:
     figs = doc.get("figures")
-    if figs and figs.get("files"):
-        main = figs["main_topology"]
-        L += [
-            "## Figures 3 and 4",
-            "",
-            f"Stream-relative acks received by the client vs. time since its SYN, one "
-            f"representative run (median throughput) per configuration, on "
-            f"`{main}` (the paper's figures are for 10 Shared).",
-            "",
-            "![Figure 3](fig3.png)",
-            "",
-            "![Figure 4](fig4.png)",
-            "",
-        ]
-        others = [f for t, fs in figs["files"].items() if t != main for f in fs]
-        if others:
-            L.append("Other topologies: " + ", ".join(f"[{f}]({f})" for f in others) + ".")
-            L.append("")
-    L.append("## Not measured, and why")
-    L.append("")
-    if notes:
-        L += [f"* {n}" for n in notes]
-    else:
-        L.append("Everything was measured.")
-    L.append("")
-    L.append("Raw runs (every run's fit sums, latency sums, ack counts, ack series): "
-             "`results.json`; client-side captures: `pcap/`.")  # fmt: skip
-    L.append("")
-    return "\n".join(L)
+    if not figs or not figs.get("files"):
+        return []
+    main = figs["main_topology"]
+    L = [
+        "## Figures 3 and 4",
+        "",
+        f"Stream-relative acks received by the client vs. time since its SYN, one "
+        f"representative run (median throughput) per configuration, on "
+        f"`{main}` (the paper's figures are for 10 Shared).",
+        "",
+        "![Figure 3](fig3.png)",
+        "",
+        "![Figure 4](fig4.png)",
+        "",
+    ]
+    others = [f for t, fs in figs["files"].items() if t != main for f in fs]
+    if others:
+        L.append("Other topologies: " + ", ".join(f"[{f}]({f})" for f in others) + ".")
+        L.append("")
+    return L
 
 
 # --- entry point ----------------------------------------------------------------------------
 
 
-def run(
-    topologies: Sequence[str] | None = None,
-    runs: int | None = None,
-    quick: bool = False,
-    out: Path = Path("bench-out/paper"),
-    configs: Sequence[Configuration] | None = None,
-    command: str = "ftcp bench paper",
-    show_progress: bool = True,
-    recovery_runs: int | None = None,
-    repair_runs: int | None = None,
-) -> dict[str, Any]:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.progress import Progress as RichProgress
-
+def _run_counts(
+    topologies: Sequence[str] | None,
+    runs: int | None,
+    quick: bool,
+    recovery_runs: int | None,
+    repair_runs: int | None,
+) -> tuple[list[str], int, int, dict[str, int]]:
+    """The topologies, runs per configuration, runs per Table V cell and per restore
+    path, checked; and that the machine can run the benchmark."""
     from ftcp.errors import UserError
     from ftcp.lab import net
     from ftcp.lab.topology import get_topology
@@ -1283,6 +1283,31 @@ def run(
     net.require_root()
     if shutil.which("tcpdump") is None:
         raise UserError("tcpdump is not installed (the paper's methodology needs a capture)")
+    return topos, nruns, rruns, runs_of
+
+
+def run(
+    topologies: Sequence[str] | None = None,
+    runs: int | None = None,
+    quick: bool = False,
+    out: Path = Path("bench-out/paper"),
+    configs: Sequence[Configuration] | None = None,
+    command: str = "ftcp bench paper",
+    show_progress: bool = True,
+    recovery_runs: int | None = None,
+    repair_runs: int | None = None,
+) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.progress import Progress as RichProgress
+
+    topos, nruns, rruns, runs_of = _run_counts(topologies, runs, quick, recovery_runs, repair_runs)
     cfgs = list(configs if configs is not None else CONFIGURATIONS)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()

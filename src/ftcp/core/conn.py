@@ -1,4 +1,5 @@
-"""Per-connection FT-TCP state machine (paper section IV, DESIGN.md invariants 1-4).
+"""Per-connection FT-TCP state machine (paper section IV; invariants 1, 2, 4 and 6 of
+docs/DESIGN.md).
 
 Sans-IO: `Connection.handle(input) -> list[Action]`; `get_timer()` says when to
 feed `Timer(now)`. The SSW packet loop feeds `ClientSegment`/`ServerSegment`
@@ -16,11 +17,13 @@ What is enforced here:
 2. handshake commit: the SYN-ACK is held until the logger has the `Handshake`;
 4. a FIN/RST from the server's TCP passes only after NSW reported a
    shutdown/close; otherwise it is dropped and `StartRecovery` is emitted;
+6. a rebuild from a log that ends before what the client was acked is refused;
 
 plus logging of every client segment (`Log(InSegment)`), closed-window acks
-while no server connection exists, the rebuilt handshake and instream refill,
-and translation after recovery (outbound seq `+delta_seq`, inbound ack/SACK
-`-delta_seq`, TSval/TSecr by the timestamp offset, window scale).
+while no server connection exists, and translation after recovery (outbound
+seq `+delta_seq`, inbound ack/SACK `-delta_seq`, TSval/TSecr by the timestamp
+offset, window scale). The rebuilt kernel connection itself (handshake, refill)
+is a `ftcp.core.rebuild.KernelRebuild` the connection owns from `Rebuild` on.
 
 States change only in `_set_state`, along `TRANSITIONS`; an input with no
 entry for the current state raises `LocalProtocolError` naming both.

@@ -134,7 +134,7 @@ class Conn:
     # checksum block sums of the logged instream of `sums_of` (a recovery plan): refill
     # payloads are ranges of it, so building a segment folds its headers only
     sums: BlockSums | None = None
-    sums_of: object = None
+    sums_of: RecoveryPlan | None = None
 
 
 class Engine:

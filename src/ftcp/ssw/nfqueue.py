@@ -23,7 +23,7 @@ is cleared so that an overflow is *reported* (`recv` fails once with
 `NETLINK_CAP_ACK` is set so that error replies to a verdict do not echo a
 64 KB payload back.
 
-Checksums (measured on this kernel, see DESIGN.md): with `F_GSO` a packet
+Checksums (measured on this kernel, see docs/DESIGN.md): with `F_GSO` a packet
 may arrive with only the pseudo-header sum in its checksum field
 (`QueuedPacket.csum_partial`). A verdict without payload lets the kernel
 finish the checksum; a verdict *with* a payload makes the kernel treat the
