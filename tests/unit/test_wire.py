@@ -111,7 +111,7 @@ acks = st.one_of(
 nonces = st.binary(min_size=32, max_size=32)
 app_ids = st.text(min_size=1, max_size=60)
 frames = st.one_of(
-    st.builds(wire.Hello, st.sampled_from(wire.Role), app_ids, nonces, st.sampled_from([0, 1])),
+    st.builds(wire.Hello, st.sampled_from(wire.Role), app_ids, nonces, st.integers(0, 7)),
     st.builds(wire.Challenge, nonces),
     st.builds(wire.Auth, nonces),
     st.builds(wire.AuthOk, nonces),
@@ -123,6 +123,9 @@ frames = st.one_of(
     st.builds(wire.Error, st.sampled_from(wire.ErrorCode), st.text(max_size=50), st.booleans()),
     st.builds(wire.Ping, u64, u64),
     st.builds(wire.Pong, u64, u64),
+    st.builds(wire.Lease, u32, st.just(0)),
+    st.builds(wire.Lease, u32, st.integers(1, 2**32 - 1), st.integers(0, 3)),
+    st.builds(wire.LeaseAnswer, u32, st.sampled_from(wire.LeaseKind), u32, u32),
 )
 
 
@@ -414,3 +417,13 @@ def test_recovery_into_an_arena(logs, arena_size) -> None:
             fits = n > 0 and used + n <= arena_size
             assert isinstance(lg.instream, memoryview) == (fits or n >= HUGE_INSTREAM)
             used += n if fits else 0
+
+
+def test_lease_frames_with_impossible_flags_are_refused() -> None:
+    for bad in (wire.Lease(1, 0, wire.LEASE_BIND), wire.Lease(1, 5, 0x80)):
+        data = wire.frame(wire.FrameType.LEASE, wire._LEASE.pack(bad.req, bad.epoch, bad.flags))
+        with pytest.raises(RemoteProtocolError, match="LEASE flags"):
+            wire.Decoder().feed(data)
+    data = wire.frame(wire.FrameType.LEASE_ANSWER, wire._LEASE_ANSWER.pack(1, 9, 1, 0))
+    with pytest.raises(RemoteProtocolError, match="LEASE_ANSWER"):
+        wire.Decoder().feed(data)

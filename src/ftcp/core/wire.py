@@ -23,6 +23,8 @@ Integers are big-endian throughout. Session (supervisor <-> logger)::
                                       <- ACKS(DeleteAck(req))
     PING(token, t)                    ->
                                       <- PONG(token, t)
+    LEASE(req, epoch, flags)          ->                      (host failover)
+                                      <- LEASE_ANSWER(req, granted | wait | fenced, epoch, ms)
 
 `hmac_c = HMAC-SHA256(secret, "ftcp-logger-auth\\0" | version | role | flags | "C" |
 nonce_c | nonce_s | app_id)`; `hmac_s` is the same with "S": both sides prove
@@ -88,6 +90,8 @@ class FrameType(enum.IntEnum):
     ERROR = 13
     PING = 14
     PONG = 15
+    LEASE = 16
+    LEASE_ANSWER = 17
 
 
 _FRAME_TYPES = frozenset(int(t) for t in FrameType)
@@ -96,6 +100,7 @@ _FRAME_TYPES = frozenset(int(t) for t in FrameType)
 class Role(enum.IntEnum):
     SUPERVISOR = 1  # logs records, gets acks, recovers
     ADMIN = 2  # query only: recover, delete, ping
+    LEASE = 3  # a supervisor's heartbeat link (host failover): LEASE and PING only
 
 
 class ErrorCode(enum.IntEnum):
@@ -106,10 +111,15 @@ class ErrorCode(enum.IntEnum):
     ROLE = 5
     TIMEOUT = 6
     INTERNAL = 7
+    FENCED = 8  # this link's lease epoch is over: another supervisor holds the application
 
 
 HELLO_WHOLE_HISTORY = 0x01  # keep finished connections (whole-history replay)
 HELLO_RESUME = 0x02  # a supervisor reconnecting: the logger reports its durable watermarks
+HELLO_STANDBY = 0x04  # host failover: may connect beside the holder; never starts a new run
+_HELLO_FLAGS = HELLO_WHOLE_HISTORY | HELLO_RESUME | HELLO_STANDBY
+LEASE_BIND = 0x01  # this link's records count only while `epoch` is the application's
+LEASE_RELEASE = 0x02  # the holder gives the lease up
 DELETE_ALL = 0x01  # delete the whole application
 
 # ---------------------------------------------------------------------------
@@ -258,6 +268,30 @@ class Error:
     fatal: bool = True
 
 
+class LeaseKind(enum.IntEnum):
+    GRANTED = 1  # `epoch` is held for `ms` more, counted from the request
+    WAIT = 2  # another supervisor holds it: it may be free in `ms`
+    FENCED = 3  # the asked epoch is over; `epoch` is the current one
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Ask for the application's lease (`epoch` 0), renew it (its epoch), bind this
+    link's records to it (`LEASE_BIND`) or give it up (`LEASE_RELEASE`)."""
+
+    req: int
+    epoch: int = 0
+    flags: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseAnswer:
+    req: int
+    kind: LeaseKind
+    epoch: int
+    ms: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Ping:
     token: int
@@ -287,6 +321,8 @@ Frame = (
     | Error
     | Ping
     | Pong
+    | Lease
+    | LeaseAnswer
 )
 
 # ---------------------------------------------------------------------------
@@ -701,6 +737,8 @@ _QQ = struct.Struct("!QQ")
 _DEL_HEAD = struct.Struct("!IB")
 _ERR_HEAD = struct.Struct("!HB")
 _HELLO_HEAD = struct.Struct("!BB32s")
+_LEASE = struct.Struct("!IIB")
+_LEASE_ANSWER = struct.Struct("!IBII")
 
 
 def encode(f: Frame) -> bytes:
@@ -754,6 +792,10 @@ def _encode(f: Frame) -> bytes:
             return frame(FrameType.PING, _QQ.pack(t, ns))
         case Pong(token=t, time_ns=ns):
             return frame(FrameType.PONG, _QQ.pack(t, ns))
+        case Lease(req=req, epoch=epoch, flags=flags):
+            return frame(FrameType.LEASE, _LEASE.pack(req, epoch, flags))
+        case LeaseAnswer(req=req, kind=kind, epoch=epoch, ms=ms):
+            return frame(FrameType.LEASE_ANSWER, _LEASE_ANSWER.pack(req, kind, epoch, ms))
     raise LocalProtocolError(f"not a frame: {f!r}")
 
 
@@ -980,9 +1022,9 @@ def _decode_body(ftype: FrameType, body: bytes) -> Frame:
         if len(body) <= _HELLO_HEAD.size or len(body) > _HELLO_HEAD.size + MAX_APP_ID:
             raise RemoteProtocolError(f"HELLO frame body of {len(body)} bytes")
         role, flags, nonce = _HELLO_HEAD.unpack_from(body)
-        if role not in (1, 2):
+        if role not in (1, 2, 3):
             raise RemoteProtocolError(f"unknown role {role}")
-        if flags & ~(HELLO_WHOLE_HISTORY | HELLO_RESUME):
+        if flags & ~_HELLO_FLAGS:
             raise RemoteProtocolError(f"unknown HELLO flags {flags:#x}")
         app_id = body[_HELLO_HEAD.size :].decode()
         return Hello(Role(role), app_id, nonce, flags)
@@ -1034,6 +1076,16 @@ def _decode_body(ftype: FrameType, body: bytes) -> Frame:
     if ftype == T.PONG:
         _exact(ftype, body, 16)
         return Pong(*_QQ.unpack(body))
+    if ftype == T.LEASE:
+        _exact(ftype, body, _LEASE.size)
+        req, epoch, flags = _LEASE.unpack(body)
+        if flags & ~(LEASE_BIND | LEASE_RELEASE) or (flags and not epoch):
+            raise RemoteProtocolError(f"LEASE flags {flags:#x} (epoch {epoch})")
+        return Lease(req, epoch, flags)
+    if ftype == T.LEASE_ANSWER:
+        _exact(ftype, body, _LEASE_ANSWER.size)
+        req, kind, epoch, ms = _LEASE_ANSWER.unpack(body)
+        return LeaseAnswer(req, LeaseKind(kind), epoch, ms)
     raise RemoteProtocolError(f"unknown frame type {ftype}")  # pragma: no cover
 
 

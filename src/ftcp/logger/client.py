@@ -73,11 +73,16 @@ class LoggerClient(asyncio.Protocol):
         on_ack: Callable[[list[wire.Ack]], None] | None = None,
         on_error: Callable[[wire.Error], None] | None = None,
         max_frame: int = wire.DEFAULT_MAX_FRAME,
+        standby: bool = False,
     ) -> None:
         self.app_id = app_id
         self.secret = secret or b""
         self.role = role
         self.flags = wire.HELLO_WHOLE_HISTORY if whole_history else 0
+        if standby:  # host failover: beside the holder, and no new run of the application
+            self.flags |= wire.HELLO_STANDBY
+        self.epoch = 0  # the lease epoch this link's records are bound to (0: none)
+        self._leases: dict[int, asyncio.Future[wire.LeaseAnswer]] = {}
         self.on_ack = on_ack
         self.on_error = on_error
         self.acks: asyncio.Queue[list[wire.Ack]] = asyncio.Queue()
@@ -151,13 +156,14 @@ class LoggerClient(asyncio.Protocol):
         on_link: Callable[[bool, str], None] | None = None,
         on_pressure: Callable[[bool], None] | None = None,
         max_unacked: int = DEFAULT_MAX_UNACKED,
+        standby: bool = False,
     ) -> LoggerClient:
         """Connect and authenticate (mutually); raises LoggerError on refusal.
 
         The first connection must succeed even with `reconnect`; later losses
         are then survived (see the module docstring)."""
         loop = asyncio.get_running_loop()
-        client = cls(app_id, secret, role, whole_history, on_ack, on_error)
+        client = cls(app_id, secret, role, whole_history, on_ack, on_error, standby=standby)
         client.reconnect = reconnect
         client.host, client.port, client.timeout = host, port, timeout
         client.on_link, client.on_pressure = on_link, on_pressure
@@ -199,6 +205,7 @@ class LoggerClient(asyncio.Protocol):
         futs += [f for _, f in self._batch_waiters]
         futs += [f for _, f in self._recoveries.values()]
         futs += list(self._deletes.values()) + list(self._pings.values()) + self._drain
+        futs += list(self._leases.values())
         for f in futs:
             if not f.done():
                 f.set_exception(err)
@@ -220,9 +227,11 @@ class LoggerClient(asyncio.Protocol):
                 futs.append(f)
         futs += [f for _, f in self._recoveries.values()]
         futs += list(self._deletes.values()) + list(self._pings.values()) + self._drain
+        futs += list(self._leases.values())
         self._recoveries.clear()
         self._deletes.clear()
         self._pings.clear()
+        self._leases.clear()
         self._drain = []
         for f in futs:
             if not f.done():
@@ -297,6 +306,8 @@ class LoggerClient(asyncio.Protocol):
         self._acks(acks)
         t = self.transport
         assert t is not None
+        if self.epoch:  # the records that follow belong to this epoch (or are refused)
+            t.write(wire.encode(wire.Lease(next(self._req), self.epoch, wire.LEASE_BIND)))
         frames = list(self._unacked)
         for _, frame, _ in frames:
             t.write(frame)
@@ -460,6 +471,10 @@ class LoggerClient(asyncio.Protocol):
                 del self._recoveries[asm.req_id]
                 if not fut.done():
                     fut.set_result(asm.result())
+        elif cls is wire.LeaseAnswer:
+            lfut = self._leases.pop(f.req, None)  # type: ignore[union-attr]
+            if lfut is not None and not lfut.done():
+                lfut.set_result(f)  # type: ignore[arg-type]
         elif cls is wire.Pong:
             fut = self._pings.pop(f.token, None)  # type: ignore[union-attr]
             if fut is not None and not fut.done():
@@ -649,6 +664,22 @@ class LoggerClient(asyncio.Protocol):
         self._deletes[req] = fut
         t.write(wire.encode(wire.Delete(req, tuple(conn_ids), all)))
         await fut
+
+    async def lease_request(self, f: wire.Lease) -> wire.LeaseAnswer:
+        """Send one LEASE frame (its `req` is replaced by this link's own numbering) and
+        wait for its answer; a refusal ends the link (`LoggerError`)."""
+        t = self._check()
+        req = next(self._req)
+        fut: asyncio.Future[wire.LeaseAnswer] = asyncio.get_running_loop().create_future()
+        self._leases[req] = fut
+        t.write(wire.encode(wire.Lease(req, f.epoch, f.flags)))
+        return await fut
+
+    async def bind(self, epoch: int) -> wire.LeaseAnswer:
+        """This link's records belong to lease epoch `epoch` from now on (also after a
+        reconnection): the logger refuses them once another epoch is lent."""
+        self.epoch = epoch
+        return await self.lease_request(wire.Lease(0, epoch, wire.LEASE_BIND))
 
     async def ping(self) -> float:
         """Round-trip time to the logger in seconds."""

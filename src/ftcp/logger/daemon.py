@@ -25,16 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftcp.core import wire
+from ftcp.core.lease import Fenced, Granted, LeaseBook, LeaseTerms
 from ftcp.errors import RemoteProtocolError, UserError
 from ftcp.logger.state import Applied
 from ftcp.logger.store import (
     KIND_DELETE,
+    KIND_LEASE,
     KIND_RECORDS,
     AppLog,
     Entry,
     Store,
     SyncPolicy,
     delete_data,
+    lease_data,
 )
 
 log = logging.getLogger("ftcp.logger")
@@ -57,6 +60,7 @@ class LoggerConfig:
     retry_interval: float = 1.0
     max_frame: int = wire.DEFAULT_MAX_FRAME
     nagle: bool = False  # Nagle on accepted connections (off: see `ftcp logger --help`)
+    lease: LeaseTerms = LeaseTerms()  # host failover: how long a lease lasts, the margin
 
 
 def _name(f: wire.Frame) -> str:
@@ -99,6 +103,7 @@ class Peer(asyncio.Protocol):
         self.app_id = ""
         self.batch = 0
         self.rejected = 0
+        self.bound = 0  # the lease epoch this link's records belong to (0: none)
         self._auth_timer: asyncio.TimerHandle | None = None
         self._frame_timer: asyncio.TimerHandle | None = None
         self._ack_buf: list[tuple[int, Applied | None, int | None]] = []
@@ -218,6 +223,8 @@ class Peer(asyncio.Protocol):
                 self._spawn(self._recover(f.req_id))  # type: ignore[union-attr]
             elif cls is wire.Delete:
                 self._delete(f)  # type: ignore[arg-type]
+            elif cls is wire.Lease:
+                self._lease(f)  # type: ignore[arg-type]
             elif cls is wire.Error:
                 log.warning("peer %s (%s) reports: %s", self.name, self.app_id, f.reason)  # type: ignore[union-attr]
                 if f.fatal:  # type: ignore[union-attr]
@@ -264,8 +271,11 @@ class Peer(asyncio.Protocol):
                 mode = "whole-history" if existing.state.whole_history else "connection-scoped"
                 self.fail(wire.ErrorCode.PROTOCOL, f"application {h.app_id!r} is {mode}")
                 return
-            if not h.flags & wire.HELLO_RESUME and not self._new_run(h.app_id, store, whole):
+            fresh = not h.flags & (wire.HELLO_RESUME | wire.HELLO_STANDBY)
+            if fresh and not self._new_run(h.app_id, store, whole):
                 return
+            self.app = store.app(h.app_id, whole)
+        elif h.role == wire.Role.LEASE:
             self.app = store.app(h.app_id, whole)
         else:
             self.app = store.apps.get(h.app_id)
@@ -297,6 +307,7 @@ class Peer(asyncio.Protocol):
                 and p.app_id == app_id
                 and ph is not None
                 and ph.role == wire.Role.SUPERVISOR
+                and not ph.flags & wire.HELLO_STANDBY
             ):
                 self.fail(
                     wire.ErrorCode.PROTOCOL,
@@ -343,6 +354,63 @@ class Peer(asyncio.Protocol):
                 lambda: self._durable(batch, applied, None),
             )
         )
+
+    # -- leases (host failover) ------------------------------------------------
+
+    def _lease(self, f: wire.Lease) -> None:
+        """Bind this link's records to an epoch (a supervisor's link), or ask for,
+        renew or give up the application's lease (a lease link: `ftcp.core.lease`)."""
+        h, app = self.hello, self.app
+        assert h is not None
+        if app is None or h.role == wire.Role.ADMIN:
+            self.fail(wire.ErrorCode.ROLE, "only a supervisor takes part in leases")
+            return
+        book = self.server.lease_book(app)
+        if f.flags & wire.LEASE_BIND:
+            if h.role != wire.Role.SUPERVISOR:
+                self.fail(wire.ErrorCode.ROLE, "only a supervisor's record link binds an epoch")
+            elif not book.admits(f.epoch):
+                self.fail(wire.ErrorCode.FENCED, f"epoch {f.epoch} is over (now {book.epoch})")
+            else:
+                self.bound = f.epoch
+                self.send(wire.LeaseAnswer(f.req, wire.LeaseKind.GRANTED, f.epoch))
+            return
+        if h.role != wire.Role.LEASE:
+            self.fail(wire.ErrorCode.ROLE, "the lease is asked for on a lease link")
+            return
+        who = f"{self.name}#{id(self)}"
+        if f.flags & wire.LEASE_RELEASE:
+            book.release(who, f.epoch)
+            log.info("application %r: %s gave up lease epoch %d", app.app_id, self.name, f.epoch)
+            self.send(wire.LeaseAnswer(f.req, wire.LeaseKind.FENCED, book.epoch))
+            return
+        now = time.monotonic()
+        ans = book.renew(who, f.epoch, now) if f.epoch else book.acquire(who, now)
+        if isinstance(ans, Fenced):
+            self.send(wire.LeaseAnswer(f.req, wire.LeaseKind.FENCED, ans.current))
+        elif not isinstance(ans, Granted):
+            ms = max(1, round(1000 * (ans.at - now)))
+            self.send(wire.LeaseAnswer(f.req, wire.LeaseKind.WAIT, book.epoch, ms))
+        elif ans.epoch <= app.lease_epoch:
+            self.send(self._granted(f.req, ans.epoch))
+        else:  # a new epoch: durable before anyone hears of it, then the old one fenced
+            app.lease_epoch = ans.epoch
+            self.server.store.submit(
+                Entry(app, KIND_LEASE, lease_data(ans.epoch), set(), set(),
+                      app.snapshot_orders(), lambda: self._lent(f.req, ans.epoch))
+            )  # fmt: skip
+
+    def _granted(self, req: int, epoch: int) -> wire.LeaseAnswer:
+        ms = round(1000 * self.cfg.lease.duration)
+        return wire.LeaseAnswer(req, wire.LeaseKind.GRANTED, epoch, ms)
+
+    def _lent(self, req: int, epoch: int) -> None:
+        """Lease epoch `epoch` is durable: fence every link of an older one, answer."""
+        for p in list(self.server.peers):
+            if p.app_id == self.app_id and 0 < p.bound < epoch:
+                p.fail(wire.ErrorCode.FENCED, f"lease epoch {p.bound} is over: epoch {epoch} lent")
+        log.warning("application %r: lease epoch %d lent to %s", self.app_id, epoch, self.name)
+        self.send(self._granted(req, epoch))
 
     def _reject(self, errors: list[str]) -> None:
         for e in errors:
@@ -515,6 +583,7 @@ class LoggerServer:
             )
         self.cfg = cfg
         self.peers: set[Peer] = set()
+        self.leases: dict[str, LeaseBook] = {}  # app id -> its lease (host failover)
         self.paused = False
         self.store = Store(
             cfg.data_dir,
@@ -526,6 +595,12 @@ class LoggerServer:
         self._server: asyncio.base_events.Server | None = None
         self._committer: asyncio.Task[None] | None = None
         self.started = time.monotonic()
+
+    def lease_book(self, app: AppLog) -> LeaseBook:
+        book = self.leases.get(app.app_id)
+        if book is None:
+            book = self.leases[app.app_id] = LeaseBook(self.cfg.lease, app.lease_epoch)
+        return book
 
     @property
     def address(self) -> tuple[str, int]:

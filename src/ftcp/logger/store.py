@@ -14,7 +14,9 @@ reserved u32) followed by entries::
 Kinds: META (the application's id and flags plus a checkpoint of the
 read-order watermark; always the first entry of a segment), RECORDS (a batch
 of records exactly as the wire carried them — see `ftcp.core.wire`), DELETE
-(explicit deletion of connections, or of the whole application).
+(explicit deletion of connections, or of the whole application), LEASE (the
+last lease epoch lent, for host failover: written when an epoch is lent and
+again after the META of every new segment, so it outlives dropped segments).
 
 Startup replays every segment of every application through
 `AppState.apply`, in order. The first entry whose header, length or CRC does
@@ -82,6 +84,8 @@ MAX_ENTRY = 64 << 20
 KIND_META = 1
 KIND_RECORDS = 2
 KIND_DELETE = 3
+KIND_LEASE = 4
+_LEASE_EPOCH = struct.Struct("!I")
 _META = struct.Struct("!BQI")
 _DELETE_HEAD = struct.Struct("!B")
 
@@ -157,6 +161,10 @@ def delete_data(conn_ids: tuple[int, ...], all_: bool, epoch: bool = False) -> b
     return _DELETE_HEAD.pack(flags) + struct.pack(f"!{len(conn_ids)}Q", *conn_ids)
 
 
+def lease_data(epoch: int) -> bytes:
+    return _LEASE_EPOCH.pack(epoch)
+
+
 def parse_delete(data: bytes) -> tuple[tuple[int, ...], int]:
     """(connection ids, DELETE_* flags)."""
     (flags,) = _DELETE_HEAD.unpack_from(data)
@@ -210,6 +218,7 @@ class AppLog:
         self.durable_orders: OrderState = (0, ())
         self.pending = 0  # entries submitted, not yet durable
         self.rotated = False
+        self.lease_epoch = 0  # the last lease epoch lent (host failover); never goes back
 
     def snapshot_orders(self) -> OrderState:
         st = self.state
@@ -295,6 +304,10 @@ class AppLog:
                 return gone, gone
             self.state.delete(ids)
             return set(ids), set(ids)
+        if kind == KIND_LEASE:
+            (epoch,) = _LEASE_EPOCH.unpack(data)
+            self.lease_epoch = max(self.lease_epoch, epoch)
+            return set(), set()
         if kind == KIND_META:
             app_id, _whole, orders = parse_meta(data)
             if app_id != self.app_id:
@@ -712,6 +725,8 @@ class Store:
             head = _SEG_HEADER.pack(SEG_MAGIC, no, 0) + encode_entry(
                 KIND_META, meta_data(app.app_id, app.state.whole_history, app.durable_orders)
             )
+            if app.lease_epoch:
+                head += encode_entry(KIND_LEASE, lease_data(app.lease_epoch))
             _write_all(fd, head)
             if synced:
                 os.fdatasync(fd)
