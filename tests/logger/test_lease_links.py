@@ -11,6 +11,7 @@ from logger_helpers import SECRET, handshake, logger_server
 
 from ftcp.core import wire
 from ftcp.core.lease import LeaseTerms
+from ftcp.core.records import ReadKind, ReadResult
 from ftcp.logger.client import LoggerClient, LoggerError
 from ftcp.logger.leaselink import LeaseLink, LeaseLinkError
 
@@ -49,7 +50,8 @@ def test_one_holder_at_a_time_and_the_old_epoch_is_fenced(tmp_path: Path) -> Non
             got = await ask(a, 1)
             assert (got.kind, got.epoch, got.ms) == (wire.LeaseKind.GRANTED, 1, 200)
             assert (await primary.bind(1)).kind is wire.LeaseKind.GRANTED
-            primary.send([handshake(7)])
+            primary.send([handshake(7), ReadResult(7, 0, ReadKind.EAGAIN)])
+            primary.send([ReadResult(7, 1, ReadKind.DATA, 5), ReadResult(7, 3, ReadKind.EOF)])
             await primary.wait_batch(primary.batch)
             # a standby connects beside the holder (no new run: the history stays)
             standby = await LoggerClient.connect(
@@ -75,7 +77,9 @@ def test_one_holder_at_a_time_and_the_old_epoch_is_fenced(tmp_path: Path) -> Non
             # the standby's own record link binds the new epoch and keeps the history
             logs = await standby.recover()
             assert [lg.handshake.conn_id for lg in logs] == [7]
-            assert (await standby.bind(2)).kind is wire.LeaseKind.GRANTED
+            bound = await standby.bind(2)
+            assert bound.kind is wire.LeaseKind.GRANTED
+            assert bound.next_order == 4  # the new holder's reads come after every logged one
             with pytest.raises(LoggerError, match="epoch 1 is over"):
                 await standby.bind(1)
             for x in (a, b):

@@ -125,7 +125,7 @@ frames = st.one_of(
     st.builds(wire.Pong, u64, u64),
     st.builds(wire.Lease, u32, st.just(0)),
     st.builds(wire.Lease, u32, st.integers(1, 2**32 - 1), st.integers(0, 3)),
-    st.builds(wire.LeaseAnswer, u32, st.sampled_from(wire.LeaseKind), u32, u32),
+    st.builds(wire.LeaseAnswer, u32, st.sampled_from(wire.LeaseKind), u32, u32, u64),
 )
 
 
@@ -424,6 +424,6 @@ def test_lease_frames_with_impossible_flags_are_refused() -> None:
         data = wire.frame(wire.FrameType.LEASE, wire._LEASE.pack(bad.req, bad.epoch, bad.flags))
         with pytest.raises(RemoteProtocolError, match="LEASE flags"):
             wire.Decoder().feed(data)
-    data = wire.frame(wire.FrameType.LEASE_ANSWER, wire._LEASE_ANSWER.pack(1, 9, 1, 0))
+    data = wire.frame(wire.FrameType.LEASE_ANSWER, wire._LEASE_ANSWER.pack(1, 9, 1, 0, 0))
     with pytest.raises(RemoteProtocolError, match="LEASE_ANSWER"):
         wire.Decoder().feed(data)

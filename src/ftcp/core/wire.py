@@ -286,10 +286,15 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class LeaseAnswer:
+    """`ms`: how long a granted lease lasts, or how soon it may be free (WAIT).
+    `next_order`, answering a bind: above every read order the application's log
+    holds (a new holder's reads continue from there)."""
+
     req: int
     kind: LeaseKind
     epoch: int
     ms: int = 0
+    next_order: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -738,7 +743,7 @@ _DEL_HEAD = struct.Struct("!IB")
 _ERR_HEAD = struct.Struct("!HB")
 _HELLO_HEAD = struct.Struct("!BB32s")
 _LEASE = struct.Struct("!IIB")
-_LEASE_ANSWER = struct.Struct("!IBII")
+_LEASE_ANSWER = struct.Struct("!IBIIQ")
 
 
 def encode(f: Frame) -> bytes:
@@ -794,8 +799,8 @@ def _encode(f: Frame) -> bytes:
             return frame(FrameType.PONG, _QQ.pack(t, ns))
         case Lease(req=req, epoch=epoch, flags=flags):
             return frame(FrameType.LEASE, _LEASE.pack(req, epoch, flags))
-        case LeaseAnswer(req=req, kind=kind, epoch=epoch, ms=ms):
-            return frame(FrameType.LEASE_ANSWER, _LEASE_ANSWER.pack(req, kind, epoch, ms))
+        case LeaseAnswer(req=req, kind=kind, epoch=epoch, ms=ms, next_order=nxt):
+            return frame(FrameType.LEASE_ANSWER, _LEASE_ANSWER.pack(req, kind, epoch, ms, nxt))
     raise LocalProtocolError(f"not a frame: {f!r}")
 
 
@@ -1084,8 +1089,8 @@ def _decode_body(ftype: FrameType, body: bytes) -> Frame:
         return Lease(req, epoch, flags)
     if ftype == T.LEASE_ANSWER:
         _exact(ftype, body, _LEASE_ANSWER.size)
-        req, kind, epoch, ms = _LEASE_ANSWER.unpack(body)
-        return LeaseAnswer(req, LeaseKind(kind), epoch, ms)
+        req, kind, epoch, ms, nxt = _LEASE_ANSWER.unpack(body)
+        return LeaseAnswer(req, LeaseKind(kind), epoch, ms, nxt)
     raise RemoteProtocolError(f"unknown frame type {ftype}")  # pragma: no cover
 
 

@@ -373,7 +373,9 @@ class Peer(asyncio.Protocol):
                 self.fail(wire.ErrorCode.FENCED, f"epoch {f.epoch} is over (now {book.epoch})")
             else:
                 self.bound = f.epoch
-                self.send(wire.LeaseAnswer(f.req, wire.LeaseKind.GRANTED, f.epoch))
+                st = app.state
+                nxt = max(st.next_order, max(st.ooo_orders(), default=-1) + 1)
+                self.send(wire.LeaseAnswer(f.req, wire.LeaseKind.GRANTED, f.epoch, 0, nxt))
             return
         if h.role != wire.Role.LEASE:
             self.fail(wire.ErrorCode.ROLE, "the lease is asked for on a lease link")
