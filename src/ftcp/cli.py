@@ -95,6 +95,20 @@ def main() -> None:
     help="Where rules state, the agent socket and the status file live.",
 )
 @click.option("--app-id", help="Application id at the logger (default: port-PORT).")
+@click.option(
+    "--vip",
+    metavar="ADDR/PREFIX",
+    help="Host failover: the service address. This host holds it (on --iface) while it "
+    "holds the application's lease at the logger, and a standby takes it over if this "
+    "host dies.",
+)
+@click.option(
+    "--standby",
+    is_flag=True,
+    help="Host failover: run as the standby of the host that holds the lease (same "
+    "--vip, --port, --app-id, another host on the same L2 segment); nothing runs until "
+    "it takes over.",
+)
 @click.option("--ack-trace", type=click.Path(dir_okay=False), hidden=True)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -112,6 +126,8 @@ def run(
     queue_num: int | None,
     state_dir: str,
     app_id: str | None,
+    vip: str | None,
+    standby: bool,
     ack_trace: str | None,
     verbose: bool,
     command: tuple[str, ...],
@@ -125,6 +141,8 @@ def run(
 
     if not logger_addr:
         raise UserError("--logger HOST:PORT is required")
+    if standby and not vip:
+        raise UserError("--standby needs --vip (the service address it would take over)")
     if port is None:
         raise UserError("--port is required")
     host, lport = parse_hostport(logger_addr)
@@ -158,6 +176,8 @@ def run(
         state_dir=state_dir,
         app_id=app_id,
         ack_trace=ack_trace,
+        vip=vip,
+        standby=standby,
     )
     sys.exit(run_supervisor(cfg))
 
@@ -209,6 +229,14 @@ def status(state_dir: str, as_json: bool) -> None:
                 f"  logger buffer: {lk.get('unacked_bytes')} bytes, {lk.get('unacked_records')}"
                 f" record(s) unacknowledged{paused}"
                 f"; {lk.get('reconnects')} reconnect(s) so far"
+            )
+        fo = d.get("failover")
+        if fo:
+            left = fo.get("lease_left_s")
+            click.echo(
+                f"  failover: {fo['role']} of {fo['vip']}, lease epoch {fo.get('epoch')}"
+                + (f", {1000 * left:.0f} ms left" if left is not None else "")
+                + (f", LOST: {fo['lost']}" if fo.get("lost") else "")
             )
         rec = d.get("recovery")
         if rec:

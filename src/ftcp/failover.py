@@ -116,6 +116,33 @@ class ServiceAddress:
                 log.error("cannot remove %s from %s: %s", self.vip, self.iface, r.stderr.strip())
 
 
+class Fence:
+    """What a host that loses its lease must stop at once, from any thread: each step
+    added runs once, in order (remove the address, silence the injector)."""
+
+    def __init__(self) -> None:
+        self._steps: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self.tripped = False
+
+    def add(self, step: Callable[[], None]) -> None:
+        with self._lock:
+            self._steps.append(step)
+            tripped = self.tripped
+        if tripped:
+            step()
+
+    def trip(self) -> None:
+        with self._lock:
+            self.tripped = True
+            steps = list(self._steps)
+        for step in steps:
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - the others must still run
+                log.exception("fencing step failed")
+
+
 # ------------------------------------------------------------------ the lease
 
 
@@ -123,7 +150,8 @@ def _raise_priority() -> None:
     """The keeper's heartbeats must not wait for a busy CPU: real-time scheduling for
     its thread (root), else the highest nice value."""
     with contextlib.suppress(OSError, AttributeError):
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+        # what it runs (`ip addr del`) must not inherit real-time scheduling
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(10))
         return
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -20)

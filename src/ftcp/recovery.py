@@ -239,9 +239,12 @@ class Timing:
 class _LogFetch:
     """One streamed RECOVER: each crashed connection is planned as its head and reads
     arrive; `ready` once all of them are. Once the plans are `published` (the rebuild
-    uses them), each new piece of a connection's instream pokes its refill."""
+    uses them), each new piece of a connection's instream pokes its refill.
 
-    def __init__(self, rec: Recovery, want: dict[int, Conn], t: Timing) -> None:
+    `want` None (a takeover): every connection of the log is adopted by the engine as
+    its head arrives, and `ready` comes with the answer's end."""
+
+    def __init__(self, rec: Recovery, want: dict[int, Conn] | None, t: Timing) -> None:
         self.rec = rec
         self.want = want
         self.t = t
@@ -253,23 +256,28 @@ class _LogFetch:
 
     def on_head(self, lg: ConnectionLog, arrival: Arrival) -> None:
         cid = lg.handshake.conn_id
-        c = self.want.get(cid)
-        if c is None or cid in self.plans or self.ready.done():
+        c = self.want.get(cid) if self.want is not None else None
+        if cid in self.plans or self.ready.done() or (c is None and self.want is not None):
             return
         now = self.rec._now()  # noqa: SLF001
         try:
-            plan = plan_recovery(lg, **c.core.recovery_hints(now), arrival=arrival)  # type: ignore[arg-type]
+            hints = c.core.recovery_hints(now) if c is not None else {}
+            plan = plan_recovery(lg, **hints, arrival=arrival)  # type: ignore[arg-type]
+            if c is None:  # a takeover: this kernel never saw it
+                self.rec.engine.adopt(lg.handshake, plan, now)
         except Exception as e:  # noqa: BLE001 - reported by the planning's await
             self.ready.set_exception(e)
             return
         self.t.plan_s += self.rec._now() - now  # noqa: SLF001
         self.t.logged_bytes += len(plan.instream)
         self.plans[cid] = plan
-        if len(self.plans) == len(self.want):
+        if self.want is not None and len(self.plans) == len(self.want):
             self.ready.set_result(None)
 
     def on_end(self) -> None:
         self.ended = self.rec._now()  # noqa: SLF001
+        if self.want is None and not self.ready.done():
+            self.ready.set_result(None)
 
     def on_data(self, cid: int) -> None:
         if not self.published:
@@ -313,6 +321,7 @@ class Recovery:
         self.plans: dict[int, RecoveryPlan] = {}
         self.crashes = 0
         self.recoveries = 0
+        self.takeovers = 0  # host failover: takeovers by this supervisor
         self.restarts_in_row = 0
         self.gave_up = False
         self.divergences: list[Divergence] = []
@@ -339,6 +348,7 @@ class Recovery:
         return {
             "crashes": self.crashes,
             "recoveries": self.recoveries,
+            "takeovers": self.takeovers,
             "recovering": self.active,
             "gave_up": self.gave_up,
             "waiting_for_logger": self.waiting_for_logger,
@@ -400,6 +410,26 @@ class Recovery:
             return None
         delay = 0.0 if self.restarts_in_row == 0 else self.backoff * 2 ** (self.restarts_in_row - 1)
         self.restarts_in_row += 1
+        return await self._restart(crashed, t, delay)
+
+    async def take_over(self) -> AppProcess | None:
+        """Host failover: this host was lent the application's lease. Every live
+        connection comes from the log onto a kernel that never saw it (the engine adopts
+        each, CRASHED: its client held by closed-window acks); the application is
+        started, and they are rebuilt and replayed as after a crash. The new process,
+        or None (no log: gave up)."""
+        now = self._now()
+        t = Timing(died=now, detected=now, restore=self.restore, nice=self.boost.on())
+        self.takeovers += 1
+        self.engine.hold_syns()
+        print("ftcp run: taking over: fetching the log", file=sys.stderr, flush=True)
+        return await self._restart(None, t, 0.0)
+
+    async def _restart(
+        self, crashed: list[Conn] | None, t: Timing, delay: float
+    ) -> AppProcess | None:
+        """Fetch the log (of `crashed`, or of every connection: a takeover) while the
+        application starts again; the rebuild runs on from there."""
         # the log transfer and the application's start-up overlap: nothing the new process
         # does before the rebuild (which waits for the plans) touches a crashed connection,
         # and new SYNs wait in the gate
@@ -446,7 +476,7 @@ class Recovery:
         t.listening = self._now()
         return True
 
-    async def _plan(self, crashed: list[Conn], t: Timing) -> None:
+    async def _plan(self, crashed: list[Conn] | None, t: Timing) -> None:
         """Sync with the logger, then ask for the logs: returns once every crashed
         connection is planned. The logger sends every head before any instream, so
         that is early; the instreams go on arriving into the plans' buffers (the
@@ -454,7 +484,7 @@ class Recovery:
         `self._fetching` waits for the end of the answer."""
         eng, client = self.engine, self.client
         eng.send_logs()  # the records the crash produced
-        want = {c.core.conn_id: c for c in crashed}
+        want = None if crashed is None else {c.core.conn_id: c for c in crashed}
         box: list[_LogFetch] = []
 
         async def attempt() -> None:
@@ -484,10 +514,10 @@ class Recovery:
         f.published = True
         plans = dict(sorted(f.plans.items(), key=lambda kv: kv[1].accept_order))
         self._fetching = asyncio.ensure_future(self._fetch_rest(f, t))
-        missing = set(want) - set(plans)  # the answer ended without them
-        for cid in missing:  # nothing logged: cannot be rebuilt (cannot happen after ESTABLISHED)
+        for cid in set(want or ()) - set(plans):  # the answer ended without them
+            # nothing logged: cannot be rebuilt (cannot happen after ESTABLISHED)
             log.error("recovery: conn %d has no log; resetting it", cid)
-            self._reset_client(want[cid])
+            self._reset_client(want[cid])  # type: ignore[index]
         self.plans = plans
         self.check.new_recovery()
         t.planned = self._now()

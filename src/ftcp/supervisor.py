@@ -62,9 +62,12 @@ from typing import IO, Any
 
 from ftcp.appproc import AppProcess, Spawner
 from ftcp.core.ackpolicy import make_policy
+from ftcp.core.lease import LeaseTerms
 from ftcp.errors import UserError
+from ftcp.failover import Fence, LeaseKeeper, ServiceAddress, parse_vip
 from ftcp.logger.assembly import InstreamArena
 from ftcp.logger.client import LoggerClient, LoggerError
+from ftcp.logger.leaselink import LeaseLink
 from ftcp.nsw import build, elfcheck
 from ftcp.nsw.agent import Agent
 from ftcp.recovery import Recovery, RecoveryBridge
@@ -104,6 +107,9 @@ class RunConfig:
     max_restarts: int = 5  # recovery: restarts in a row before giving up
     on_divergence: str = "continue"  # recovery: "continue" | "close"
     boost: int = 10  # nice levels the event loop runs ahead of the application in a recovery
+    vip: str | None = None  # host failover: the service address (ADDR/PREFIX)
+    standby: bool = False  # host failover: wait for the lease, then take over
+    lease: LeaseTerms = field(default_factory=LeaseTerms)
 
 
 def netns_id() -> str:
@@ -175,6 +181,7 @@ class _Status:
         client: LoggerClient,
         app_pid: int | None,
         recovery: Recovery | None = None,
+        keeper: LeaseKeeper | None = None,
     ) -> None:
         doc = {
             "pid": os.getpid(),
@@ -192,6 +199,12 @@ class _Status:
         }
         if recovery is not None:
             doc["recovery"] = recovery.status()
+        if self.cfg.vip:
+            doc["failover"] = {
+                "vip": self.cfg.vip,
+                "role": "primary" if keeper is not None and keeper.holder.held else "standby",
+                **(keeper.status() if keeper is not None else {}),
+            }
         tmp = f"{self.path}.tmp"
         with contextlib.suppress(OSError):
             with open(tmp, "w") as f:
@@ -232,15 +245,44 @@ class _Run:
     recovery: Recovery
     status: _Status
     spawn: Callable[[], Awaitable[AppProcess]]
+    stop: _Stop
     proc: AppProcess | None = None
+    keeper: LeaseKeeper | None = None
+
+
+class _Stop:
+    """Why the run must end: a signal, or the lease lost (host failover)."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.signal: int | None = None
+        self.lease_lost: str | None = None
+
+    def on_signal(self, sig: int) -> None:
+        self.signal = sig
+        self.event.set()
+
+    def on_lease_lost(self, why: str) -> None:
+        self.lease_lost = why
+        self.event.set()
 
 
 async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
     errors: list[str] = []
-    async with contextlib.AsyncExitStack() as stack:
-        stack.callback(_report, errors)  # last: after everything else is undone
-        run = await _start(cfg, shim, iface, stack, errors)
-        return await _watch(run)
+    loop = asyncio.get_running_loop()
+    stop = _Stop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.on_signal, sig)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(_report, errors)  # last: after everything else is undone
+            run = await _start(cfg, shim, iface, stack, errors, stop)
+            if run is None:  # stopped while a standby
+                return 0
+            return await _watch(run)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
 def _report(errors: list[str]) -> None:
@@ -260,6 +302,7 @@ async def _connect_logger(cfg: RunConfig, link: _LoggerLink) -> LoggerClient:
             reconnect=True,
             on_link=link.on_link,
             on_pressure=link.on_pressure,
+            standby=cfg.standby,
         )
     except (TimeoutError, OSError, LoggerError) as e:
         what = str(e) or type(e).__name__
@@ -297,48 +340,41 @@ async def _start(
     iface: str,
     stack: contextlib.AsyncExitStack,
     errors: list[str],
-) -> _Run:
+    stop: _Stop,
+) -> _Run | None:
     """Connect, install, launch (module docstring, steps 3-5); every piece is undone by
-    `stack`, in the reverse order, whatever happens later."""
+    `stack`, in the reverse order, whatever happens later. With `--vip`, the lease
+    first (a standby waits for it here: None if stopped meanwhile)."""
     loop = asyncio.get_running_loop()
-    rules_file, sock_path, status_path = state_files(cfg.state_dir, cfg.port)
+    _, _, status_path = state_files(cfg.state_dir, cfg.port)
     link = _LoggerLink(f"{cfg.logger_host}:{cfg.logger_port}", loop)
+    keeper: LeaseKeeper | None = None
+    address = ServiceAddress(parse_vip(cfg.vip), iface) if cfg.vip else None
+    fence = Fence()  # what losing the lease stops at once
+    if address is not None:
+        stack.callback(address.drop)
+        fence.add(address.drop)
+    if address is not None and not cfg.standby:
+        # the lease before anything else: a fresh record link starts a new run of the
+        # application at the logger, which must never happen under a live holder
+        keeper = await _take_lease(cfg, address, fence, stack, stop)
+        if keeper is None:
+            return None
     client = await _connect_logger(cfg, link)
     stack.push_async_callback(client.close)
     client.instream_arena = InstreamArena(RECOVERY_ARENA)
-    qnum = cfg.queue_num if cfg.queue_num is not None else cfg.port
-    queue = Queue.open(qnum)
-    stack.callback(queue.close)
-    injector = Injector(cfg.mark)
-    stack.callback(injector.close)
-    trace: IO[str] | None = None
-    if cfg.ack_trace:
-        trace = stack.enter_context(open(cfg.ack_trace, "w", buffering=1 << 16))  # noqa: SIM115
-    engine = Engine(
-        port=cfg.port,
-        queue=queue,
-        injector=injector,
-        ack_strategy=cfg.ack_strategy,
-        send_records=client.send,
-        ack_trace=trace,
-        refill_chunk=REFILL_CHUNK,
+    if address is not None and cfg.standby:
+        keeper = await _take_lease(cfg, address, fence, stack, stop)
+        if keeper is None:
+            return None
+    next_order = 0
+    if keeper is not None:
+        next_order = (await client.bind(keeper.epoch)).next_order
+    engine, agent, bridge = await _install_ssw(
+        cfg, iface, client, link, next_order, fence, stack, errors
     )
-    link.engine = engine
-    bridge = RecoveryBridge(engine)
-    agent = Agent(_agent_socket(sock_path, stack), bridge)
-    bridge.attach(agent)
-    await agent.start()
-    stack.callback(agent.close)
-    engine.start(loop)
-    stack.callback(engine.stop)
-    owner = f"run-{cfg.port}-{os.getpid()}"
-    specs = ssw_rules.queue_rules(
-        cfg.port, in_queue=qnum, out_queue=qnum, ext_iface=iface, in_iface=iface,
-        mark=cfg.mark, owner=owner,
-    )  # fmt: skip
-    port_rules = ssw_rules.PortRules(specs, state_file=rules_file, owner=owner)
-    port_rules.install()
-    stack.callback(_remove_rules, port_rules, errors)
+    if address is not None:
+        address.take()  # SSW is in place: the clients' next packets are held, not reset
     status = _Status(status_path, cfg, iface)
     stack.callback(status.remove)
     link.intake = True
@@ -359,20 +395,146 @@ async def _start(
         on_divergence=cfg.on_divergence, restore=cfg.restore, boost=cfg.boost,
     )  # fmt: skip
     bridge.recovery = recovery
-    run = _Run(cfg, client, engine, agent, recovery, status, spawn)
+    run = _Run(cfg, client, engine, agent, recovery, status, spawn, stop, keeper=keeper)
     status_task = asyncio.ensure_future(_refresh_status(run))
     stack.callback(status_task.cancel)
     stack.push_async_callback(_stop_app, run)
-    run.proc = await spawn()
-    recovery.started(run.proc)
+    if cfg.standby:
+        run.proc = await recovery.take_over()
+        if run.proc is None:
+            raise UserError("the takeover could not read the log back")
+    else:
+        run.proc = await spawn()
+        recovery.started(run.proc)
+    vip = f", service address {cfg.vip}" if cfg.vip else ""
     print(
         f"ftcp run: protecting port {cfg.port} on {iface} (ack strategy "
-        f"{cfg.ack_strategy}, logger {cfg.logger_host}:{cfg.logger_port}); "
+        f"{cfg.ack_strategy}, logger {cfg.logger_host}:{cfg.logger_port}{vip}); "
         f"application pid {run.proc.pid}",
         file=sys.stderr,
         flush=True,
     )
     return run
+
+
+async def _install_ssw(
+    cfg: RunConfig,
+    iface: str,
+    client: LoggerClient,
+    link: _LoggerLink,
+    next_order: int,
+    fence: Fence,
+    stack: contextlib.AsyncExitStack,
+    errors: list[str],
+) -> tuple[Engine, Agent, RecoveryBridge]:
+    """The queue, the injector, the engine, the NSW agent and the queue rules (module
+    docstring, step 4), each undone by `stack`."""
+    loop = asyncio.get_running_loop()
+    rules_file, sock_path, _ = state_files(cfg.state_dir, cfg.port)
+    qnum = cfg.queue_num if cfg.queue_num is not None else cfg.port
+    queue = Queue.open(qnum)
+    stack.callback(queue.close)
+    injector = Injector(cfg.mark)
+    stack.callback(injector.close)
+    fence.add(injector.fence)
+    trace: IO[str] | None = None
+    if cfg.ack_trace:
+        trace = stack.enter_context(open(cfg.ack_trace, "w", buffering=1 << 16))  # noqa: SIM115
+    engine = Engine(
+        port=cfg.port,
+        queue=queue,
+        injector=injector,
+        ack_strategy=cfg.ack_strategy,
+        send_records=client.send,
+        ack_trace=trace,
+        refill_chunk=REFILL_CHUNK,
+    )
+    engine.continue_reads(next_order)
+    if cfg.standby:
+        engine.hold_syns()  # from the first packet on: new clients wait for the takeover
+    link.engine = engine
+    bridge = RecoveryBridge(engine)
+    agent = Agent(_agent_socket(sock_path, stack), bridge)
+    bridge.attach(agent)
+    await agent.start()
+    stack.callback(agent.close)
+    engine.start(loop)
+    stack.callback(engine.stop)
+    owner = f"run-{cfg.port}-{os.getpid()}"
+    specs = ssw_rules.queue_rules(
+        cfg.port, in_queue=qnum, out_queue=qnum, ext_iface=iface, in_iface=iface,
+        mark=cfg.mark, owner=owner,
+    )  # fmt: skip
+    port_rules = ssw_rules.PortRules(specs, state_file=rules_file, owner=owner)
+    port_rules.install()
+    stack.callback(_remove_rules, port_rules, errors)
+    return engine, agent, bridge
+
+
+PRIMARY_LEASE_WAIT = 2.0  # a primary that is not lent the lease in this long refuses to start
+
+
+async def _take_lease(
+    cfg: RunConfig,
+    address: ServiceAddress,
+    fence: Fence,
+    stack: contextlib.AsyncExitStack,
+    stop: _Stop,
+) -> LeaseKeeper | None:
+    """Hold the application's lease (a standby: wait for it, however long): its keeper
+    (`epoch` set), or None when stopped while waiting."""
+    loop = asyncio.get_running_loop()
+    app_id = cfg.app_id or f"port-{cfg.port}"
+    granted: asyncio.Future[int] = loop.create_future()
+
+    def on_granted(epoch: int) -> None:
+        if not granted.done():
+            granted.set_result(epoch)
+
+    def on_lost(why: str) -> None:
+        print(
+            f"ftcp run: LOST the lease of {app_id!r} ({why}); {address.vip} removed from "
+            f"{address.iface}: the standby serves it now; stopping",
+            file=sys.stderr,
+            flush=True,
+        )
+        stop.on_lease_lost(why)
+
+    keeper = LeaseKeeper(
+        lambda: LeaseLink(cfg.logger_host, cfg.logger_port, app_id, cfg.secret),
+        cfg.lease,
+        loop,
+        on_granted=on_granted,
+        on_lost=on_lost,
+        give_up=fence.trip,
+    )
+    keeper.start()
+    stack.callback(keeper.stop)
+    if cfg.standby:
+        print(
+            f"ftcp run: standby for {app_id!r} (service address {cfg.vip}): waiting for "
+            "the lease",
+            file=sys.stderr,
+            flush=True,
+        )
+    stopped = asyncio.ensure_future(stop.event.wait())
+    try:
+        timeout = None if cfg.standby else PRIMARY_LEASE_WAIT
+        await asyncio.wait({granted, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if granted.done():
+        print(
+            f"ftcp run: holding the lease of {app_id!r} (epoch {granted.result()})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return keeper
+    if stop.event.is_set():
+        return None
+    raise UserError(
+        f"another supervisor holds the lease of {app_id!r}; start this one with --standby"
+    )
 
 
 async def _stop_app(run: _Run) -> None:
@@ -383,32 +545,24 @@ async def _stop_app(run: _Run) -> None:
 
 
 async def _watch(run: _Run) -> int:
-    """Until the application exits or a signal stops the run; the exit status."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    stop_sig: list[int] = []
-
-    def on_signal(sig: int) -> None:
-        stop_sig.append(sig)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
+    """Until the application exits or the run is stopped; the exit status."""
     # what start-up made lives as long as the run: out of the collector's way (a full
     # collection over it stopped the datapath for milliseconds, once after every recovery)
     gc.freeze()
-    stopper = asyncio.ensure_future(stop.wait())
+    stop = run.stop
+    stopper = asyncio.ensure_future(stop.event.wait())
     try:
         rc = await _watch_loop(run, stopper)
     finally:
         stopper.cancel()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
     if rc is not None:
         return rc
     proc = run.proc
     assert proc is not None
-    if stop_sig and proc.returncode is None:
+    if stop.lease_lost is not None:
+        await _stop_app(run)
+        return LEASE_LOST_EXIT
+    if stop.signal is not None and proc.returncode is None:
         await _terminate(proc)
         return 0
     rc = await proc.wait()
@@ -422,6 +576,9 @@ async def _watch(run: _Run) -> int:
         flush=True,
     )
     return 128 - rc
+
+
+LEASE_LOST_EXIT = 4  # host failover: this host lost the lease; the standby took over
 
 
 async def _watch_loop(run: _Run, stopper: asyncio.Future[bool]) -> int | None:
@@ -443,7 +600,9 @@ async def _watch_loop(run: _Run, stopper: asyncio.Future[bool]) -> int | None:
         pid = run.proc.pid
         _status_after(
             run.recovery.transfer(),
-            lambda pid=pid: run.status.write(run.engine, run.client, pid, run.recovery),
+            lambda pid=pid: run.status.write(
+                run.engine, run.client, pid, run.recovery, run.keeper
+            ),
             status_waits,
         )
         if done:
@@ -576,7 +735,7 @@ async def _refresh_status(run: _Run) -> None:
         await asyncio.sleep(1.0)
         p = run.proc
         with contextlib.suppress(Exception):
-            run.status.write(run.engine, run.client, p.pid if p else None, run.recovery)
+            run.status.write(run.engine, run.client, p.pid if p else None, run.recovery, run.keeper)
 
 
 async def _terminate(proc: AppProcess) -> None:

@@ -266,6 +266,47 @@ class Lab:
             time.sleep(0.005)
         raise UserError(f"the hub of lab '{self.name}' did not report its counters")
 
+    # -- host failures (host failover tests) --
+
+    def cut(self, host: str, segment: str | None = None) -> None:
+        """Cut `host`'s link to `segment` (None: every link): nothing it sends arrives,
+        nothing reaches it. The host itself runs on."""
+        segs = self.segments_of(host) if segment is None else (self._segment(host, segment),)
+        ns = self.netns(host)
+        for seg in segs:
+            subprocess.run(
+                ["ip", "-n", ns, "link", "set", "dev", self.ifname(host, seg), "down"],
+                check=True, capture_output=True, timeout=10,
+            )  # fmt: skip
+
+    def power_off(self, host: str) -> list[int]:
+        """`host` loses power: its links cut, then every process in it SIGKILLed at
+        once (nothing it could still send reaches anyone). The PIDs it killed."""
+        self.cut(host)
+        pids = pids_in_netns([self.netns(host)])
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for p in self._procs:
+            if p.pid in pids:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(10)
+        return pids
+
+    def power_on(self, host: str) -> None:
+        """`host` boots again: its links up with the lab's addresses only (what was added
+        at run time, a service address say, is gone, as after a reboot)."""
+        ns = self.netns(host)
+        for seg in self.segments_of(host):
+            dev = self.ifname(host, seg)
+            prefix = self.layout.subnet(seg).prefixlen
+            for argv in (
+                ["addr", "flush", "dev", dev],
+                ["addr", "add", f"{self.ip(host, seg)}/{prefix}", "dev", dev],
+                ["link", "set", "dev", dev, "up"],
+            ):
+                subprocess.run(["ip", "-n", ns, *argv], check=True, capture_output=True, timeout=10)
+
     def close(self) -> None:
         """End the processes this object started (not the lab)."""
         for p in self._procs:

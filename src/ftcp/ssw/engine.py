@@ -86,7 +86,7 @@ from ftcp.core.packet import (
     build_tcp,
     encode_options,
 )
-from ftcp.core.records import CloseHow, ReadKind, ReadResult, Record, SynOptions
+from ftcp.core.records import CloseHow, Handshake, ReadKind, ReadResult, Record, SynOptions
 from ftcp.core.replay import RecoveryPlan
 from ftcp.errors import FtcpError
 from ftcp.ssw.nfqueue import Queue, QueuedPacket
@@ -176,7 +176,7 @@ class Engine:
         # in the high bits, a counter below
         base = conn_id_base if conn_id_base is not None else (int(time.time()) & 0xFFFFFFFF) << 24
         self._ids = itertools.count(base + 1)
-        self._accept_order = itertools.count(0)
+        self._next_accept = 0  # accept order of the next new connection
         self._pkts: dict[int, tuple[QueuedPacket, TcpPacket]] = {}
         self._held: set[int] = set()
         self._records: list[Record] = []
@@ -369,7 +369,7 @@ class Engine:
             cid,
             client=(pkt.src_ip, pkt.sport),
             server=(pkt.dst_ip, pkt.dport),
-            accept_order=next(self._accept_order),
+            accept_order=self._take_accept_order(),
             policy=make_policy(self.ack_strategy),
             refill_chunk=self.refill_chunk,
         )
@@ -378,6 +378,41 @@ class Engine:
         self.by_id[cid] = c
         self.stats.conns += 1
         return c
+
+    def _take_accept_order(self) -> int:
+        n = self._next_accept
+        self._next_accept += 1
+        return n
+
+    def adopt(self, hs: Handshake, plan: RecoveryPlan, now: float) -> Conn:
+        """A connection known only from the log (host failover: this kernel never saw
+        it): CRASHED until rebuilt, its client held with closed-window acks."""
+        key: Key = (
+            socket.inet_aton(hs.client_ip), hs.client_port,
+            socket.inet_aton(hs.server_ip), hs.server_port,
+        )  # fmt: skip
+        core = Connection.restored(
+            plan,
+            now,
+            policy=make_policy(self.ack_strategy),
+            client=(hs.client_ip, hs.client_port),
+            server=(hs.server_ip, hs.server_port),
+            refill_chunk=self.refill_chunk,
+        )
+        c = Conn(key, core, now, accepted=False)
+        self.conns[key] = c
+        self.by_id[core.conn_id] = c
+        self._next_accept = max(self._next_accept, plan.accept_order + 1)
+        self.stats.conns += 1
+        self._touched[core.conn_id] = c
+        self._after_batch()
+        return c
+
+    def continue_reads(self, next_order: int) -> None:
+        """Read orders continue from `next_order` (a new lease holder: its log holds
+        every order below it). Only before any read was reported."""
+        if self.commit.next_order == 0:
+            self.commit = OutputCommit(next_order)
 
     def _drop_raw(self, ident: int) -> None:
         self.stats.dropped += 1

@@ -47,9 +47,17 @@ class Injector:
                 "raw-socket injection needs root / CAP_NET_RAW + CAP_NET_ADMIN"
             ) from None
         self.sent = 0
+        self.fenced = False  # host failover: this host lost the lease, it sends nothing
+
+    def fence(self) -> None:
+        """Send nothing from now on (any thread): a raw socket may send from an address
+        this host no longer holds, so removing the address is not enough."""
+        self.fenced = True
 
     def send(self, packet: bytes | bytearray | memoryview) -> None:
         """Send one complete IPv4 packet (header included) to its destination address."""
+        if self.fenced:
+            return
         if len(packet) < 20 or packet[0] >> 4 != 4:
             raise ValueError("not an IPv4 packet")
         dst = socket.inet_ntoa(bytes(packet[16:20]))
