@@ -233,7 +233,7 @@ class LeaseKeeper:
         while not self._stop.is_set() and self.lost is None:
             now = time.monotonic()
             if self.holder.lost(now):
-                self._lose("the lease was not renewed in time")
+                self._lose(self._why_late(now))
                 break
             if link is None:
                 try:
@@ -286,6 +286,17 @@ class LeaseKeeper:
             elif h.held:
                 self._lose(f"the logger fenced epoch {h.epoch} (now {a.epoch})")
                 return
+
+    def _why_late(self, now: float) -> str:
+        answered = (
+            f"last renewal answered {1000 * (now - self.last_renewed):.0f} ms ago"
+            if self.last_renewed is not None
+            else "no renewal answered"
+        )
+        return (
+            f"the lease was not renewed in time ({answered}; the event loop last seen "
+            f"{1000 * (now - self._tick):.0f} ms ago)"
+        )
 
     def _lose(self, why: str) -> None:
         self.lost = why

@@ -167,3 +167,20 @@ def test_unreplayable_read_is_a_divergence() -> None:
 def test_plan_discard_is_the_acknowledged_output() -> None:
     p = plan_recovery(make_log(acked=4))
     assert p.discard == 4
+
+
+def test_a_takeover_starts_tsvals_past_the_clients_latest_echo() -> None:
+    """On a host that never sent the client anything, the TSval floor comes from the
+    client's latest TSecr (what it had from the old server), not from the original
+    SYN-ACK: a second takeover must not go back to the first one's clock."""
+    from ftcp.core.replay import TS_ECHO_JUMP
+
+    first = plan_recovery(make_log(client_ts_ecr=seq.MASK - 10))
+    assert first.ts_floor == seq.add(seq.MASK - 10, TS_ECHO_JUMP)
+    # the first new host ran a while; the client echoed its TSvals
+    echo = seq.add(first.ts_floor, 5000)
+    second = plan_recovery(make_log(client_ts_ecr=echo))
+    assert second.ts_floor is not None and seq.gt(second.ts_floor, echo)
+    assert seq.gt(second.ts_floor, first.ts_floor)
+    # this host's own last TSval, when it knows it, decides
+    assert plan_recovery(make_log(client_ts_ecr=echo), last_ts_out=7).ts_floor == 8

@@ -152,6 +152,7 @@ def connection_logs(draw: st.DrawFn) -> ConnectionLog:
         closes=draw(st.lists(st.builds(Close, st.just(cid), st.sampled_from(CloseHow)))),
         client_window=draw(u32),
         client_ts_val=draw(opt32),
+        client_ts_ecr=draw(opt32),
     )
 
 

@@ -280,3 +280,6 @@ class ConnectionLog:
     closes: list[Close] = field(default_factory=list)
     client_window: int = 0
     client_ts_val: int | None = None
+    # the latest TSecr the client sent: a TSval it had from the server (a rebuild on
+    # another host starts its TSvals past it: the client's PAWS check)
+    client_ts_ecr: int | None = None

@@ -36,6 +36,10 @@ from ftcp.errors import LocalProtocolError
 
 TS_HZ = 1000  # assumed timestamp clock of the server's TCP (Linux: 1 kHz)
 TS_UNKNOWN_JUMP = 1 << 30  # forward jump when the last TSval sent is unknown
+# past the client's latest echo of our TSval: a rebuild on another host starts there (the
+# old server sent at most seconds' worth of ticks more; a repeated takeover moves on from
+# the new echo, so the jumps never add up to half the TSval space)
+TS_ECHO_JUMP = 1 << 20
 DEFAULT_MSS = 536
 
 _FIN_CLOSES = (CloseHow.SHUT_WR, CloseHow.SHUT_RDWR, CloseHow.CLOSE)
@@ -274,6 +278,8 @@ def plan_recovery(
     floor = None
     if last_ts_out is not None:
         floor = seq.add(last_ts_out, 1 + max(0, int(ts_elapsed * TS_HZ)))
+    elif log.client_ts_ecr is not None:  # this host never sent it anything (a takeover)
+        floor = seq.add(log.client_ts_ecr, TS_ECHO_JUMP)
     return RecoveryPlan(
         conn_id=hs.conn_id,
         accept_order=hs.accept_order,

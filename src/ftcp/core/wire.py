@@ -227,6 +227,7 @@ class RecoverConn:
     client_fin: bool
     client_window: int
     client_ts_val: int | None
+    client_ts_ecr: int | None
     instream_len: int
     n_reads: int
     write_mark: WriteMark | None
@@ -732,7 +733,7 @@ def encode_acks_body(acks: Iterable[Ack]) -> bytes:
     return b"".join(parts)
 
 
-_RC_HEAD = struct.Struct("!IIIBIBIQQBQQH")
+_RC_HEAD = struct.Struct("!IIIBIBIBIQQBQQH")
 _RR_HEAD = struct.Struct("!IQ")
 _RR_ITEM = READ_ITEM
 _RI_HEAD = struct.Struct("!IQQ")
@@ -814,6 +815,8 @@ def _encode_recover_conn(f: RecoverConn) -> bytes:
         f.client_window,
         f.client_ts_val is not None,
         f.client_ts_val or 0,
+        f.client_ts_ecr is not None,
+        f.client_ts_ecr or 0,
         f.instream_len,
         f.n_reads,
         wm is not None,
@@ -843,6 +846,7 @@ def recovery_conn_frames(
                 log.client_fin,
                 log.client_window,
                 log.client_ts_val,
+                log.client_ts_ecr,
                 len(log.instream) if instream_len is None else instream_len,
                 len(log.reads),
                 log.write_mark,
@@ -1125,6 +1129,8 @@ def _decode_recover_conn(body: bytes) -> RecoverConn:
         win,
         has_ts,
         ts,
+        has_tse,
+        tse,
         ilen,
         nreads,
         has_wm,
@@ -1152,6 +1158,7 @@ def _decode_recover_conn(body: bytes) -> RecoverConn:
         bool(fin),
         win,
         ts if has_ts else None,
+        tse if has_tse else None,
         ilen,
         nreads,
         wm,

@@ -233,6 +233,7 @@ class RecoveryAssembler:
             closes=list(h.closes),
             client_window=h.client_window,
             client_ts_val=h.client_ts_val,
+            client_ts_ecr=h.client_ts_ecr,
         )
 
     def result(self) -> list[ConnectionLog]:

@@ -49,6 +49,7 @@ class ConnState:
         "server_seq",
         "client_window",
         "client_ts_val",
+        "client_ts_ecr",
         "reads",
         "reads_in_order",
         "write_mark",
@@ -63,6 +64,7 @@ class ConnState:
         self.server_seq = seq.add(hs.s_isn, 1)
         self.client_window = 0
         self.client_ts_val: int | None = None
+        self.client_ts_ecr: int | None = None
         # the reads as a RECOVER_READS body (`READ_ITEM`s), as they arrived: a recovery
         # sends it as it is unless one was stored ahead of the read-order watermark
         # (the only way they can be out of order), instead of sorting and packing ~700
@@ -95,6 +97,7 @@ class ConnState:
             closes=list(self.closes),
             client_window=self.client_window,
             client_ts_val=self.client_ts_val,
+            client_ts_ecr=self.client_ts_ecr,
         )
 
 
@@ -197,6 +200,10 @@ class AppState:
                     old = c.client_ts_val
                     if old is None or 0 < ((tsv - old) & 0xFFFFFFFF) < 0x80000000:
                         c.client_ts_val = tsv
+                if flags & 4:
+                    old = c.client_ts_ecr
+                    if old is None or 0 < ((tse - old) & 0xFFFFFFFF) < 0x80000000:
+                        c.client_ts_ecr = tse
                 touched.add(cid)
             elif tag == _T_READ:
                 cid, o = _READ_HEAD(body, off)
