@@ -270,11 +270,16 @@ def status(state_dir: str, as_json: bool) -> None:
 
 @main.command()
 @click.option("--name", default="demo", show_default=True, help="Lab name to use.")
-def demo(name: str) -> None:
+@click.option(
+    "--failover",
+    is_flag=True,
+    help="Power the server's host off mid-transfer instead: a standby host takes over.",
+)
+def demo(name: str, failover: bool) -> None:
     """Build a lab, run a protected transfer, show what happens, clean up."""
     from ftcp.demo import run_demo
 
-    sys.exit(run_demo(name))
+    sys.exit(run_demo(name, failover=failover))
 
 
 main.add_command(logger)

@@ -17,6 +17,7 @@ the SHA-256 of the full streams in both directions are compared.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -56,6 +57,7 @@ class _State:
         self.max_stall = 0.0
         self.stalls: list[float] = []
         self.recovered = 0
+        self.standby_ready = threading.Event()
 
     def event(self, msg: str, style: str = "") -> None:
         with self.lock:
@@ -111,11 +113,17 @@ def _read_ftcp(p: subprocess.Popen, st: _State, log: Path) -> None:
         for line in p.stderr:
             f.write(line)
             f.flush()
+            msg = f"[ftcp] {line[len('ftcp run: ') :].strip()}"
             if line.startswith("ftcp run: recovered"):
                 st.recovered += 1
-                st.event(f"[ftcp] {line[len('ftcp run: ') :].strip()}", style="green")
-            elif line.startswith("ftcp run: the application died"):
-                st.event(f"[ftcp] {line[len('ftcp run: ') :].strip()}", style="yellow")
+                st.event(msg, style="green")
+            elif line.startswith(("ftcp run: the application died", "ftcp run: taking over")):
+                st.event(msg, style="yellow")
+            elif "waiting for the lease" in line:
+                st.standby_ready.set()
+                st.event(msg)
+            elif line.startswith("ftcp run: holding the lease"):
+                st.event(msg, style="green")
             elif "giving up" in line or "DIVERGENCE" in line or "Traceback" in line:
                 st.event(f"[ftcp] {line.strip()}", style="bold red")
 
@@ -127,7 +135,11 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run_demo(name: str, nbytes: int = NBYTES, topology: str = TOPOLOGY) -> int:
+def run_demo(
+    name: str, nbytes: int = NBYTES, topology: str = TOPOLOGY, failover: bool = False
+) -> int:
+    """The demo (module docstring); `failover`: the server's host is powered off once
+    instead, and a standby host takes over the service address."""
     from ftcp.lab import up
 
     console = Console()
@@ -137,15 +149,20 @@ def run_demo(name: str, nbytes: int = NBYTES, topology: str = TOPOLOGY) -> int:
     st = _State()
     procs: list[subprocess.Popen] = []
     try:
-        ftcp = _start_server(lab, tmp, nbytes, st, procs)
+        vip = _vip(lab) if failover else None
+        ftcps = [_start_server(lab, tmp, nbytes, st, procs, "server", vip)]
+        if vip is not None:
+            ftcps.append(_start_server(lab, tmp, nbytes, st, procs, "backup", vip))
+        addr = str(vip.ip) if vip is not None else lab.ip("server")
         cli = lab.python(
-            "client", "ftcp.demo_peer", "client", "--addr", lab.ip("server"),
+            "client", "ftcp.demo_peer", "client", "--addr", addr,
             "--port", str(PORT), "--bytes", str(nbytes), "--seed", "1",
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         procs.append(cli)
-        killed = _watch(console, topology, st, nbytes, ftcp, cli)
-        good = _verdict(console, st, nbytes, killed, tmp)
+        kills = KILL_AT[:1] if failover else KILL_AT
+        killed = _watch(console, topology, st, nbytes, ftcps, cli, kills, lab if failover else None)
+        good = _verdict(console, st, nbytes, killed, tmp, len(kills))
         if good:
             shutil.rmtree(tmp, ignore_errors=True)
         return 0 if good else 1
@@ -162,31 +179,57 @@ def run_demo(name: str, nbytes: int = NBYTES, topology: str = TOPOLOGY) -> int:
         console.print(f"lab {name!r} removed")
 
 
+def _vip(lab: Lab) -> ipaddress.IPv4Interface:
+    net = ipaddress.ip_network(lab.subnet("front"))
+    return ipaddress.IPv4Interface(f"{net.network_address + 9}/{net.prefixlen}")
+
+
 def _start_server(
-    lab: Lab, tmp: Path, nbytes: int, st: _State, procs: list[subprocess.Popen]
+    lab: Lab,
+    tmp: Path,
+    nbytes: int,
+    st: _State,
+    procs: list[subprocess.Popen],
+    host: str = "server",
+    vip: ipaddress.IPv4Interface | None = None,
 ) -> subprocess.Popen:
-    """A logger, and the demo's server under `ftcp run`, once it is ready."""
+    """The demo's server under `ftcp run` in `host` (and, the first time, a logger),
+    once it is ready. With `vip`: the server host is the primary, the backup host the
+    standby (ready once it waits for the lease)."""
     lip = lab.ip("logger")
-    try:
-        procs.append(start_logger(lab, "logger", lip, LOGGER_PORT, tmp / "log"))
-    except RuntimeError as e:
-        raise UserError(f"demo {e}") from None
+    if host == "server":
+        try:
+            procs.append(start_logger(lab, "logger", lip, LOGGER_PORT, tmp / "log"))
+        except RuntimeError as e:
+            raise UserError(f"demo {e}") from None
+    failover: list[str] = []
+    if vip is not None:
+        failover = ["--vip", vip.with_prefixlen, "--iface", lab.ifname(host, "front")]
+        failover += ["--standby"] if host == "backup" else []
     ftcp = lab.popen(
-        "server",
+        host,
         [sys.executable, "-c", "from ftcp.cli import main; main()", "run",
          "--logger", f"{lip}:{LOGGER_PORT}", "--insecure", "--port", str(PORT),
-         "--state-dir", str(tmp / "state"), "--",
-         sys.executable, "-m", "ftcp.demo_peer", "server", "--addr", lab.ip("server"),
+         "--state-dir", str(tmp / f"state-{host}"), *failover, "--",
+         sys.executable, "-m", "ftcp.demo_peer", "server",
+         "--addr", "0.0.0.0" if vip is not None else lab.ip("server"),
          "--port", str(PORT), "--bytes", str(nbytes), "--seed", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
     )  # fmt: skip
     procs.append(ftcp)
+    log = tmp / f"ftcp-{host}.err"
+    if host == "backup":  # the standby starts nothing: ready once it waits for the lease
+        threading.Thread(target=_read_ftcp, args=(ftcp, st, log), daemon=True).start()
+        if not st.standby_ready.wait(20):
+            raise UserError(f"the demo's standby did not start: see {log}")
+        return ftcp
     assert ftcp.stdout is not None
     first = ftcp.stdout.readline()
     if '"ready"' not in first:
         raise UserError(f"demo server did not start under ftcp run: {first.strip()!r}")
-    st.event(f"logger on {lip}:{LOGGER_PORT}; server protected by `ftcp run` on port {PORT}")
-    threading.Thread(target=_read_ftcp, args=(ftcp, st, tmp / "ftcp.err"), daemon=True).start()
+    where = f"; service address {vip}, standby in the backup host" if vip is not None else ""
+    st.event(f"logger on {lip}:{LOGGER_PORT}; server protected by `ftcp run` on port {PORT}{where}")
+    threading.Thread(target=_read_ftcp, args=(ftcp, st, log), daemon=True).start()
     return ftcp
 
 
@@ -195,25 +238,35 @@ def _watch(
     topology: str,
     st: _State,
     nbytes: int,
-    ftcp: subprocess.Popen,
+    ftcps: list[subprocess.Popen],
     cli: subprocess.Popen,
+    kill_at: tuple[float, ...],
+    power_off: Lab | None,
 ) -> int:
-    """The live display while the transfer runs, killing the server at `KILL_AT`;
-    how many times it was killed."""
+    """The live display while the transfer runs, killing the server at `kill_at`
+    (`power_off`: powering its host off instead); how many times it was killed."""
     readers = [
         threading.Thread(target=_read_json, args=(p, st, end), daemon=True)
-        for p, end in ((cli, "client"), (ftcp, "server"))
+        for p, end in ((cli, "client"), *((f, "server") for f in ftcps))
     ]
     for r in readers:
         r.start()
-    kills = list(KILL_AT)
+    kills = list(kill_at)
     deadline = time.monotonic() + 150
     with Live(_table(topology, st, nbytes), console=console, refresh_per_second=8) as live:
         while readers[0].is_alive() and time.monotonic() < deadline:
             got = st.rows.get("client", {}).get("received", 0)
-            if kills and got >= kills[0] * nbytes:
+            if kills and got >= kills[0] * nbytes and power_off is not None:
                 kills.pop(0)
-                kids = children(ftcp.pid)
+                power_off.power_off("server")
+                st.event(
+                    f"POWER-OFF of the server host at {got / 2**20:.2f} MiB received by the "
+                    "client (links cut, every process killed)",
+                    style="bold red",
+                )
+            elif kills and got >= kills[0] * nbytes:
+                kills.pop(0)
+                kids = children(ftcps[0].pid)
                 for pid in kids:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
@@ -230,10 +283,12 @@ def _watch(
             time.sleep(0.05)
         live.update(_table(topology, st, nbytes))
     console.print()
-    return len(KILL_AT) - len(kills)
+    return len(kill_at) - len(kills)
 
 
-def _verdict(console: Console, st: _State, nbytes: int, killed: int, tmp: Path) -> bool:
+def _verdict(
+    console: Console, st: _State, nbytes: int, killed: int, tmp: Path, kills: int
+) -> bool:
     """Both streams' hashes compared, every kill recovered: say so."""
     c, s = st.rows.get("client", {}), st.rows.get("server", {})
     ok = (
@@ -252,11 +307,11 @@ def _verdict(console: Console, st: _State, nbytes: int, killed: int, tmp: Path) 
     if ok:
         console.print(f"upload   sha256 {c['sha256_sent'][:16]}… [green]matches[/green]")
         console.print(f"download sha256 {s['sha256_sent'][:16]}… [green]matches[/green]")
+        what = "the power-off was" if kills == 1 else f"all {kills} kill -9s were"
         console.print(
-            "The client never saw a reset, a lost byte or a duplicated byte: both "
-            "kill -9s were masked."
+            f"The client never saw a reset, a lost byte or a duplicated byte: {what} masked."
         )
     else:
         console.print(f"[red]verification failed[/red]: client={c} server={s}")
-        console.print(f"ftcp run's log: {tmp / 'ftcp.err'}")
-    return ok and killed == st.recovered == len(KILL_AT)
+        console.print(f"ftcp run's logs: {tmp}/ftcp-*.err")
+    return ok and killed == st.recovered == kills

@@ -179,6 +179,7 @@ class LeaseKeeper:
         self.on_granted, self.on_lost, self.give_up = on_granted, on_lost, give_up
         self.holder = LeaseHolder(terms)
         self.epoch = 0
+        self.granted_at = 0.0  # loop time the lease was lent (`on_granted`)
         self.lost: str | None = None
         self.waiting_since: float | None = None  # asking while another holds it
         self.last_renewed: float | None = None
@@ -279,13 +280,17 @@ class LeaseKeeper:
                 if first and h.held:
                     self.epoch = a.epoch
                     self.waiting_since = None
-                    self.loop.call_soon_threadsafe(self.on_granted, a.epoch)
+                    self.loop.call_soon_threadsafe(self._granted, a.epoch)
             elif a.kind is wire.LeaseKind.WAIT:
                 if self.waiting_since is None:
                     self.waiting_since = time.monotonic()
             elif h.held:
                 self._lose(f"the logger fenced epoch {h.epoch} (now {a.epoch})")
                 return
+
+    def _granted(self, epoch: int) -> None:
+        self.granted_at = self.loop.time()
+        self.on_granted(epoch)
 
     def _why_late(self, now: float) -> str:
         answered = (

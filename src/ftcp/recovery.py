@@ -57,6 +57,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +179,8 @@ class Timing:
     queued_bytes: int = 0  # logged instream put straight into their receive queues
     fill_s: float = 0.0  # time spent putting it there (replay's, not restart's)
     nice: int | None = None  # the event loop's nice value during the recovery (`Boost`)
+    addressed: float = 0.0  # a takeover: the service address was added and announced
+    wall: float = 0.0  # a takeover: wall-clock time of `died` (the lease granted)
 
     def as_dict(self) -> dict[str, Any]:
         last = max(self.rebuilt.values(), default=None)
@@ -231,6 +234,8 @@ class Timing:
                 if v
             },
             "loop_nice": self.nice,
+            "address_s": self.addressed - self.died if self.addressed else None,
+            "wall_started": self.wall or None,
             "plan_ms": round(1000 * self.plan_s, 3),
             "fill_ms": round(1000 * self.fill_s, 3),
         }
@@ -412,14 +417,16 @@ class Recovery:
         self.restarts_in_row += 1
         return await self._restart(crashed, t, delay)
 
-    async def take_over(self) -> AppProcess | None:
-        """Host failover: this host was lent the application's lease. Every live
-        connection comes from the log onto a kernel that never saw it (the engine adopts
-        each, CRASHED: its client held by closed-window acks); the application is
-        started, and they are rebuilt and replayed as after a crash. The new process,
-        or None (no log: gave up)."""
+    async def take_over(self, granted: float, addressed: float) -> AppProcess | None:
+        """Host failover: this host was lent the application's lease (at loop time
+        `granted`; the address was taken at `addressed`). Every live connection comes
+        from the log onto a kernel that never saw it (the engine adopts each, CRASHED:
+        its client held by closed-window acks); the application is started, and they
+        are rebuilt and replayed as after a crash. The new process, or None (no log)."""
         now = self._now()
-        t = Timing(died=now, detected=now, restore=self.restore, nice=self.boost.on())
+        t = Timing(died=granted, detected=granted, restore=self.restore, nice=self.boost.on())
+        t.addressed = addressed
+        t.wall = time.time() - (now - granted)
         self.takeovers += 1
         self.engine.hold_syns()
         print("ftcp run: taking over: fetching the log", file=sys.stderr, flush=True)

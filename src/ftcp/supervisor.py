@@ -373,8 +373,10 @@ async def _start(
     engine, agent, bridge = await _install_ssw(
         cfg, iface, client, link, next_order, fence, stack, errors
     )
+    addressed = 0.0
     if address is not None:
         address.take()  # SSW is in place: the clients' next packets are held, not reset
+        addressed = loop.time()
     status = _Status(status_path, cfg, iface)
     stack.callback(status.remove)
     link.intake = True
@@ -400,7 +402,8 @@ async def _start(
     stack.callback(status_task.cancel)
     stack.push_async_callback(_stop_app, run)
     if cfg.standby:
-        run.proc = await recovery.take_over()
+        assert keeper is not None
+        run.proc = await recovery.take_over(keeper.granted_at, addressed)
         if run.proc is None:
             raise UserError("the takeover could not read the log back")
     else:

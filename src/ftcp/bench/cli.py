@@ -171,6 +171,32 @@ def bench_recovery(
     click.echo(f"wrote {Path(out_dir) / 'recovery.json'}")
 
 
+@bench.command("failover")
+@click.option("--runs", type=int, default=20, show_default=True, help="Power-offs per topology.")
+@click.option("--topology", "topologies", multiple=True, metavar="T",
+              help="Topology (repeatable; default: 10-100 and 1g-10g).")  # fmt: skip
+@click.option("--restore", type=click.Choice(["repair", "handshake"]), default="repair",
+              show_default=True)  # fmt: skip
+@click.option("--size", type=int, default=1, show_default=True, metavar="MB",
+              help="Logged MiB before the power-off.")  # fmt: skip
+@click.option("--out", "out_dir", default="bench-out", show_default=True,
+              type=click.Path(file_okay=False))  # fmt: skip
+def bench_failover(
+    runs: int, topologies: tuple[str, ...], restore: str, size: int, out_dir: str
+) -> None:
+    """Host failover: the client-visible stall of a power-off of the primary, split."""
+    import json
+    from pathlib import Path
+
+    from ftcp.bench.failover import render, run
+
+    doc = run(topologies or ("10-100", "1g-10g"), runs, restore, size << 20)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "failover.json").write_text(json.dumps(doc, indent=1))
+    click.echo(render(doc))
+    click.echo(f"wrote {Path(out_dir) / 'failover.json'}")
+
+
 @bench.command("paper")
 @click.option("--runs", type=int, default=None,
               help="Runs per configuration (default: 12, the paper's; 3 with --quick).")
