@@ -43,6 +43,11 @@ class Env:
     logger: subprocess.Popen[bytes]
     logger_addr: str
     _ports: list[int] = field(default_factory=lambda: [8100])
+    service_ip: str | None = None  # what clients connect to (default: the server's address)
+
+    @property
+    def server_ip(self) -> str:
+        return self.service_ip or self.lab.ip("server")
 
     def next_port(self) -> int:
         self._ports[0] += 1

@@ -149,9 +149,9 @@ def verify(
     server_closes: bool = False,
 ) -> WireCheck:
     cap.stop()
-    w = check_wire(cap.path, env.lab.ip("server"), port, server_closes)
+    w = check_wire(cap.path, env.server_ip, port, server_closes)
     assert not w.problems, f"{w.problems[:5]}\n{srv.err()[-3000:]}"
-    check_acks(cap.path, srv.trace, env.lab.ip("server"), port)
+    check_acks(cap.path, srv.trace, env.server_ip, port)
     return w
 
 

@@ -51,7 +51,7 @@ class Workload:
 
 
 def _duplex_client(env: Env, port: int) -> subprocess.Popen[Any]:
-    return run_client(env, ["duplex", env.lab.ip("server"), port, 3 * MB, 16384, 0.008])
+    return run_client(env, ["duplex", env.server_ip, port, 3 * MB, 16384, 0.008])
 
 
 def _duplex_check(env: Env, port: int, p: subprocess.Popen[Any]) -> None:
@@ -60,7 +60,7 @@ def _duplex_check(env: Env, port: int, p: subprocess.Popen[Any]) -> None:
 
 
 def _reqresp_client(env: Env, port: int) -> subprocess.Popen[Any]:
-    return run_client(env, ["reqresp", env.lab.ip("server"), port, 300, 20000, 0.006])
+    return run_client(env, ["reqresp", env.server_ip, port, 300, 20000, 0.006])
 
 
 def _reqresp_check(env: Env, port: int, p: subprocess.Popen[Any]) -> None:
@@ -84,7 +84,7 @@ def _http_server(env: Env, port: int) -> list[str]:
 def _curl_client(env: Env, port: int) -> subprocess.Popen[Any]:
     out = env.tmp / f"got-{port}.bin"
     out.unlink(missing_ok=True)
-    url = f"http://{env.lab.ip('server')}:{port}/blob.bin"
+    url = f"http://{env.server_ip}:{port}/blob.bin"
     return env.lab.popen(
         "client",
         ["curl", "-sS", "--limit-rate", "8M", "--max-time", "90", "-o", str(out), url],

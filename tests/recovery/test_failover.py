@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import random
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from ithelpers import APPS, FTCP, Env, listening, start_env, wait_until
+from crashlib import check_wire
+from ithelpers import APPS, FTCP, Capture, Env, listening, start_env, wait_until
+from test_crash_suite import WORKLOADS, Workload
 
 from ftcp.lab.net import Lab
 
@@ -29,18 +32,25 @@ class Supervisor:
     """`ftcp run --vip ...` in one host of the lab (primary, or `standby`)."""
 
     def __init__(
-        self, env: Env, host: str, vip: ipaddress.IPv4Interface, restore: str, standby: bool
+        self,
+        env: Env,
+        host: str,
+        vip: ipaddress.IPv4Interface,
+        restore: str,
+        standby: bool,
+        port: int = PORT,
+        command: list[str] | None = None,
     ) -> None:
         self.env, self.host = env, host
         d = env.tmp / f"{host}-{time.monotonic_ns()}"
         d.mkdir()
         self.err_path = d / "ftcp.err"
+        command = command or [sys.executable, APPS, "echo-server", str(port)]
         argv = [
-            *FTCP, "run", "--logger", env.logger_addr, "--insecure", "--port", str(PORT),
+            *FTCP, "run", "--logger", env.logger_addr, "--insecure", "--port", str(port),
             "--vip", vip.with_prefixlen, "--iface", env.lab.ifname(host, "front"),
             "--restore", restore, "--state-dir", str(d / "state"),
-            *(["--standby"] if standby else []),
-            "--", sys.executable, APPS, "echo-server", str(PORT),
+            *(["--standby"] if standby else []), "--", *command,
         ]  # fmt: skip
         with open(self.err_path, "wb") as err:
             self.proc = env.lab.popen(host, argv, stdout=err, stderr=subprocess.STDOUT)
@@ -260,3 +270,74 @@ def test_no_false_takeover_under_cpu_and_logger_link_load(failover_env: Env) -> 
             if h.poll() is None:
                 h.kill()
         primary.stop()
+
+
+
+# --- the crash suite's workloads and pass criteria, with host power-offs ---------------
+
+
+def failover_scenario(env: Env, wl: Workload, kind: str, seed: int, restore: str) -> None:
+    """`wl` with the primary's host powered off at a seeded moment: mid-transfer,
+    during the handshake, or ("double") mid-transfer and then the standby too, during
+    its own takeover, after which the repaired first host, back as a standby, takes
+    over. Pass: the client's checks, and a capture with no RST, no early FIN and no gap
+    in the outstream."""
+    rng = random.Random(seed)
+    lab = env.lab
+    vip = vip_of(lab)
+    env.service_ip = str(vip.ip)
+    port = env.next_port()
+    started: list[Supervisor] = []
+
+    def sup(host: str, standby: bool) -> Supervisor:
+        s = Supervisor(env, host, vip, restore, standby, port, wl.server(env, port))
+        started.append(s)
+        return s
+
+    try:
+        sup("server", False)
+        wait_until(lambda: listening(lab, "server", port), 20, "the primary to listen")
+        standby = sup("backup", True)
+        standby.wait_for("waiting for the lease")
+        cap = Capture(lab, env.tmp / f"client-{port}.pcap", port)
+        cl = wl.client(env, port)
+        if kind == "handshake":
+            time.sleep(rng.uniform(0.0, 0.25))
+        else:
+            time.sleep(rng.uniform(0.15, 0.85) * wl.duration)
+        lab.power_off("server")
+        last = standby
+        if kind == "double":
+            standby.wait_for("taking over", 10)
+            time.sleep(rng.uniform(0.0, 0.1))
+            lab.power_off("backup")
+            lab.power_on("server")
+            last = sup("server", True)
+        last.wait_for("recovered 1 connection(s)", 60)
+        wl.check(env, port, cl)
+        cap.stop()
+        w = check_wire(cap.path, env.server_ip, port, wl.server_closes)
+        assert not w.problems, f"{w.problems[:5]}\n{last.err()[-3000:]}"
+        assert "Traceback" not in last.err(), last.err()
+    finally:
+        for s in started:
+            s.stop()
+        env.service_ip = None
+        for h in ("server", "backup"):
+            lab.power_on(h)
+
+
+FAILOVER_FAST = [
+    ("echo", "mid", 1, "repair"),
+    ("echo", "handshake", 2, "repair"),
+    ("echo", "double", 3, "repair"),
+    ("echo", "mid", 4, "handshake"),
+    ("http", "mid", 11, "repair"),
+    ("socat", "mid", 21, "handshake"),
+    ("asyncio", "mid", 31, "repair"),
+]
+
+
+@pytest.mark.parametrize(("wl", "kind", "seed", "restore"), FAILOVER_FAST)
+def test_failover_suite(unshaped: Env, wl: str, kind: str, seed: int, restore: str) -> None:
+    failover_scenario(unshaped, WORKLOADS[wl], kind, seed, restore)
