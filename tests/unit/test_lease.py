@@ -57,6 +57,23 @@ def test_a_released_lease_is_lent_at_once_and_epochs_survive_a_restart() -> None
     assert again.acquire("a", 5.0).epoch == 3
 
 
+def test_a_restarted_logger_lends_nothing_before_the_old_lease_could_end() -> None:
+    """After a restart the logger knows the last epoch but not its holder, who may
+    still hold it: nobody else gets it for a full lease plus the margin; the holder
+    may renew it (the first renewal of that epoch names it)."""
+    book = LeaseBook(TERMS, epoch=4, now=10.0)
+    assert book.acquire("b", 10.01) == Wait("", pytest.approx(10.12))
+    assert book.renew("a", 4, 10.05) == Granted("a", 4, pytest.approx(10.15))
+    assert isinstance(book.renew("b", 4, 10.06), Fenced)  # a holds it now
+    assert isinstance(book.acquire("b", 10.16), Wait)
+    assert book.acquire("b", 10.171) == Granted("b", 5, pytest.approx(10.271))
+    # nobody renews after the restart: lent once the full lease and margin are over
+    book = LeaseBook(TERMS, epoch=4, now=10.0)
+    assert isinstance(book.acquire("b", 10.11), Wait)
+    assert book.acquire("b", 10.121).epoch == 5
+    assert LeaseBook(TERMS, epoch=0, now=10.0).acquire("b", 10.0).epoch == 1  # never lent
+
+
 def test_the_holder_counts_from_what_it_sent() -> None:
     h = LeaseHolder(TERMS)
     h.sent(1, 10.0)
@@ -86,14 +103,22 @@ def test_the_holder_counts_from_what_it_sent() -> None:
     st.lists(st.sampled_from((0.0, 0.0005, 0.002, 0.01, 0.03)), min_size=20, max_size=20),
     st.tuples(st.floats(0, 0.6), st.floats(0, 0.4)),
     st.floats(0.0, 1.5),
+    st.none() | st.floats(0.0, 1.0),
 )
 # the tightest cases: no delay at all, clocks drifting the worst way, the holder cut off
-@example(0.0, 0.0, 0.0, [0.0] * 20, (0.2, 0.3), 1.5)
-@example(-TERMS.drift, TERMS.drift, TERMS.drift, [0.0] * 20, (0.2, 0.3), 1.5)
-@example(TERMS.drift, -TERMS.drift, -TERMS.drift, [0.0] * 20, (0.1, 0.4), 1.5)
+@example(0.0, 0.0, 0.0, [0.0] * 20, (0.2, 0.3), 1.5, None)
+@example(-TERMS.drift, TERMS.drift, TERMS.drift, [0.0] * 20, (0.2, 0.3), 1.5, None)
+@example(TERMS.drift, -TERMS.drift, -TERMS.drift, [0.0] * 20, (0.1, 0.4), 1.5, None)
+@example(0.0, 0.0, 0.0, [0.0] * 20, (0.0, 0.0), 1.5, 0.3)  # the logger restarts
 @settings(max_examples=400, deadline=None)
 def test_never_two_holders(
-    e_a: float, e_b: float, e_l: float, delays: list, cut: tuple, death: float
+    e_a: float,
+    e_b: float,
+    e_l: float,
+    delays: list,
+    cut: tuple,
+    death: float,
+    restart: float | None,
 ) -> None:
     # each host's clock: its own origin, its own rate
     spec = {"a": (5, 1 + e_a), "b": (900, 1 + e_b), "logger": (40, 1 + e_l)}
@@ -118,11 +143,15 @@ def test_never_two_holders(
     for who in ("a", "b"):
         for k in range(100):
             push(0.01 * k + (0.003 if who == "b" else 0), "tick", (who,))
+    if restart is not None:  # the logger restarts: it remembers the epoch, nothing else
+        push(restart, "restart", ())
     served: set[str] = set()
     done_by = {"a": float("-inf"), "b": float("-inf")}
     while events:
         t, _, what, arg = heapq.heappop(events)
-        if what == "tick":
+        if what == "restart":
+            book = LeaseBook(TERMS, book.epoch, clock["logger"](t))
+        elif what == "tick":
             (who,) = arg
             if who == "a" and t >= death:
                 continue  # dead: sends nothing more

@@ -99,16 +99,20 @@ class LeaseBook:
     """The logger's lease of one application.
 
     `epoch` is the last one lent (0: never); the caller stores it durably before
-    it tells anyone of a grant, and gives it back to a new book after a restart.
+    it tells anyone of a grant, and gives it back to a new book after a restart,
+    with `now`: the holder of that epoch (unknown now) may still hold it a full
+    `duration`, so it is lent to no one else before then; the holder may renew it.
     """
 
     __slots__ = ("terms", "epoch", "holder", "until")
 
-    def __init__(self, terms: LeaseTerms, epoch: int = 0) -> None:
+    def __init__(self, terms: LeaseTerms, epoch: int = 0, now: float | None = None) -> None:
         self.terms = terms
         self.epoch = epoch
-        self.holder: str | None = None
+        self.holder: str | None = None  # None: nobody, or not known (after a restart)
         self.until = float("-inf")  # the holder's lease ends here (logger clock)
+        if epoch and now is not None:
+            self.until = now + terms.duration
 
     def free_at(self) -> float:
         """When the lease may be lent to someone other than its holder."""
@@ -117,21 +121,23 @@ class LeaseBook:
     def acquire(self, who: str, now: float) -> Granted | Wait:
         """`who` asks for the lease (a new epoch each time it changes hands, and each
         time its holder lost it and asks again)."""
-        if self.holder is not None and self.holder != who and now < self.free_at():
-            return Wait(self.holder, self.free_at())
         if self.holder == who and now <= self.until:
             return self.renew_held(now)
+        if self.holder != who and now < self.free_at():
+            return Wait(self.holder or "", self.free_at())
         self.epoch += 1
         self.holder = who
         self.until = now + self.terms.duration
         return Granted(who, self.epoch, self.until)
 
     def renew(self, who: str, epoch: int, now: float) -> Granted | Fenced:
-        """A heartbeat of `who` in `epoch`."""
-        if epoch != self.epoch or who != self.holder:
+        """A heartbeat of `who` in `epoch` (after a restart, the first renewal of the
+        current epoch makes its sender the known holder)."""
+        if epoch != self.epoch or (self.holder is not None and who != self.holder):
             return Fenced(epoch, self.epoch, "another epoch was lent")
         if now > self.until:
             return Fenced(epoch, self.epoch, "the lease expired before this renewal")
+        self.holder = who
         return self.renew_held(now)
 
     def renew_held(self, now: float) -> Granted:

@@ -601,7 +601,10 @@ class LoggerServer:
     def lease_book(self, app: AppLog) -> LeaseBook:
         book = self.leases.get(app.app_id)
         if book is None:
-            book = self.leases[app.app_id] = LeaseBook(self.cfg.lease, app.lease_epoch)
+            # after a restart, the last epoch's holder may still hold it: a full lease
+            book = self.leases[app.app_id] = LeaseBook(
+                self.cfg.lease, app.lease_epoch, time.monotonic()
+            )
         return book
 
     @property
