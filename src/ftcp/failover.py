@@ -239,9 +239,13 @@ class LeaseKeeper:
             if link is None:
                 try:
                     link = self._link()
+                    if self.holder.held:  # the give-up must not wait behind a connect
+                        link.timeout = max(0.001, min(link.timeout, self.holder.give_up_at() - now))
                     link.connect()
                 except LeaseLinkError as e:
                     log.debug("lease link: %s", e)
+                    if link is not None:
+                        link.close()
                     link = None
                     self._stop.wait(ASK_EVERY)
                     continue

@@ -58,7 +58,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from ftcp.appproc import AppProcess, Spawner
 from ftcp.core.ackpolicy import make_policy
@@ -77,6 +77,7 @@ from ftcp.ssw.inject import Injector
 from ftcp.ssw.nfqueue import Queue
 
 log = logging.getLogger("ftcp.run")
+T = TypeVar("T")
 
 DEFAULT_STATE_DIR = "/run/ftcp"
 DEFAULT_MARK = 0x66746370  # "ftcp"
@@ -266,6 +267,21 @@ class _Stop:
         self.lease_lost = why
         self.event.set()
 
+    async def until(self, aw: Awaitable[T]) -> T | None:
+        """`aw`'s result, or None (`aw` cancelled) once the run is stopped."""
+        task = asyncio.ensure_future(aw)
+        stopped = asyncio.ensure_future(self.event.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+
 
 async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
     errors: list[str] = []
@@ -277,8 +293,8 @@ async def _supervise(cfg: RunConfig, shim: str, iface: str) -> int:
         async with contextlib.AsyncExitStack() as stack:
             stack.callback(_report, errors)  # last: after everything else is undone
             run = await _start(cfg, shim, iface, stack, errors, stop)
-            if run is None:  # stopped while a standby
-                return 0
+            if run is None:  # stopped before the application ran (a standby, a takeover)
+                return LEASE_LOST_EXIT if stop.lease_lost is not None else 0
             return await _watch(run)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -344,7 +360,7 @@ async def _start(
 ) -> _Run | None:
     """Connect, install, launch (module docstring, steps 3-5); every piece is undone by
     `stack`, in the reverse order, whatever happens later. With `--vip`, the lease
-    first (a standby waits for it here: None if stopped meanwhile)."""
+    first (a standby waits for it here). None if stopped before the application runs."""
     loop = asyncio.get_running_loop()
     _, _, status_path = state_files(cfg.state_dir, cfg.port)
     link = _LoggerLink(f"{cfg.logger_host}:{cfg.logger_port}", loop)
@@ -369,7 +385,11 @@ async def _start(
             return None
     next_order = 0
     if keeper is not None:
-        next_order = (await client.bind(keeper.epoch)).next_order
+        # the logger may be away (it can be why the lease came here): bind once it is back
+        bound = await stop.until(client.bind(keeper.epoch))
+        if bound is None:
+            return None
+        next_order = bound.next_order
     engine, agent, bridge = await _install_ssw(
         cfg, iface, client, link, next_order, fence, stack, errors
     )
@@ -403,8 +423,11 @@ async def _start(
     stack.push_async_callback(_stop_app, run)
     if cfg.standby:
         assert keeper is not None
-        run.proc = await recovery.take_over(keeper.granted_at, addressed)
+        # the takeover can wait for the logger: losing the lease meanwhile ends it
+        run.proc = await stop.until(recovery.take_over(keeper.granted_at, addressed))
         if run.proc is None:
+            if stop.event.is_set():
+                return None
             raise UserError("the takeover could not read the log back")
     else:
         run.proc = await spawn()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,14 +25,14 @@ def run(coro):  # noqa: ANN001, ANN201
 
 
 @contextlib.contextmanager
-def logger_thread(data_dir: Path) -> Iterator[tuple[str, int]]:
+def logger_thread(data_dir: Path, port: int = 0) -> Iterator[tuple[str, int]]:
     """A logger with a loop of its own (a stalled supervisor loop must not stall it)."""
     loop = asyncio.new_event_loop()
     ready: list[tuple[str, int]] = []
     stop = threading.Event()
 
     async def serve() -> None:
-        async with logger_server(data_dir, lease=TERMS) as srv:
+        async with logger_server(data_dir, lease=TERMS, port=port) as srv:
             ready.append(srv.address)
             while not stop.is_set():
                 await asyncio.sleep(0.01)
@@ -130,6 +131,53 @@ def test_a_clean_stop_lends_the_lease_at_once(tmp_path: Path) -> None:
             await until(lambda: eb.granted)
             assert eb.granted[0][0] - t0 < TERMS.duration
             b.stop()
+
+    run(go())
+
+
+def test_a_keeper_waits_for_a_logger_that_is_away(tmp_path: Path) -> None:
+    """Nothing listens where the logger was: the keeper keeps asking (its thread must
+    not die of a refused connection) and is lent the lease once the logger is back."""
+
+    async def go() -> None:
+        with logger_thread(tmp_path / "d") as addr:
+            pass
+        ev = Events()
+        k = keeper(addr, ev)
+        k.start()
+        await asyncio.sleep(0.3)
+        assert not ev.granted and k.lost is None
+        with logger_thread(tmp_path / "d", port=addr[1]):
+            await until(lambda: ev.granted, 10)
+            k.stop()
+
+    run(go())
+
+
+def test_a_holder_cut_off_from_a_silent_logger_gives_up_before_its_lease_ends(
+    tmp_path: Path,
+) -> None:
+    """The logger goes, and what answers in its place accepts connections but never
+    speaks: the holder's reconnection must not outlast its lease."""
+
+    async def go() -> None:
+        with logger_thread(tmp_path / "d") as addr:
+            ev = Events()
+            k = keeper(addr, ev)
+            k.start()
+            await until(lambda: ev.granted)
+            await asyncio.sleep(0.1)  # renewing
+            t_closed = time.monotonic()  # no renewal is sent to this logger after it
+        silent = socket.socket()
+        try:
+            silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            silent.bind(addr)
+            silent.listen()
+            await until(lambda: ev.lost)
+            assert ev.gave_up[0] < t_closed + TERMS.duration, ev.lost
+            k.stop()
+        finally:
+            silent.close()
 
     run(go())
 

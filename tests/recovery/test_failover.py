@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 from crashlib import check_wire
-from ithelpers import APPS, FTCP, Capture, Env, listening, start_env, wait_until
+from ithelpers import (
+    APPS,
+    FTCP,
+    Capture,
+    Env,
+    kill9,
+    listening,
+    logger_on,
+    start_env,
+    wait_until,
+)
 from test_crash_suite import WORKLOADS, Workload
 
 from ftcp.lab.net import Lab
@@ -341,3 +351,64 @@ FAILOVER_FAST = [
 @pytest.mark.parametrize(("wl", "kind", "seed", "restore"), FAILOVER_FAST)
 def test_failover_suite(unshaped: Env, wl: str, kind: str, seed: int, restore: str) -> None:
     failover_scenario(unshaped, WORKLOADS[wl], kind, seed, restore)
+
+
+def _bulk(lab: Lab, vip: ipaddress.IPv4Interface, nbytes: int) -> subprocess.Popen[str]:
+    return lab.popen(
+        "client",
+        [sys.executable, APPS, "bulk", str(vip.ip), str(PORT), str(nbytes)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _exact(client: subprocess.Popen[str], nbytes: int, why: str) -> None:
+    out, err = client.communicate(timeout=120)
+    assert client.returncode == 0, f"{err}\n{why}"
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["sent"] == nbytes == got["recv"] and got["sent_sha"] == got["recv_sha"], got
+
+
+def test_a_dying_standby_never_disturbs_the_primary(failover_env: Env) -> None:
+    env, lab = failover_env, failover_env.lab
+    vip = vip_of(lab)
+    primary = Supervisor(env, "server", vip, "repair", standby=False)
+    try:
+        wait_until(lambda: listening(lab, "server", PORT), 20, "the primary to listen")
+        standby = Supervisor(env, "backup", vip, "repair", standby=True)
+        standby.wait_for("waiting for the lease")
+        client = _bulk(lab, vip, 3 << 20)
+        time.sleep(1.0)
+        lab.power_off("backup")
+        _exact(client, 3 << 20, primary.err())
+        assert primary.proc.poll() is None and "LOST" not in primary.err()
+    finally:
+        primary.stop()
+
+
+def test_the_logger_going_away_stalls_then_the_standby_serves(failover_env: Env) -> None:
+    """The logger dies mid-transfer: nothing can be acknowledged, and the primary cannot
+    renew its lease, so it gives the address up (it cannot tell a dead logger from being
+    cut off from it). Once the logger is back on its data dir, the standby is lent the
+    lease and takes over from the log: the transfer completes byte-exact."""
+    env, lab = failover_env, failover_env.lab
+    vip = vip_of(lab)
+    primary = Supervisor(env, "server", vip, "repair", standby=False)
+    try:
+        wait_until(lambda: listening(lab, "server", PORT), 20, "the primary to listen")
+        standby = Supervisor(env, "backup", vip, "repair", standby=True)
+        try:
+            standby.wait_for("waiting for the lease")
+            client = _bulk(lab, vip, 3 << 20)
+            time.sleep(1.0)
+            kill9(env.logger)
+            time.sleep(1.0)
+            env.logger = logger_on(env, env.tmp / "logger-data")
+            _exact(client, 3 << 20, f"primary:\n{primary.err()}\nstandby:\n{standby.err()}")
+            assert primary.proc.wait(30) == 4, primary.err()
+            standby.wait_for("recovered 1 connection(s)", 30)
+        finally:
+            standby.stop()
+    finally:
+        primary.stop()

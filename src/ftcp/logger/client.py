@@ -679,7 +679,14 @@ class LoggerClient(asyncio.Protocol):
         """This link's records belong to lease epoch `epoch` from now on (also after a
         reconnection): the logger refuses them once another epoch is lent."""
         self.epoch = epoch
-        return await self.lease_request(wire.Lease(0, epoch, wire.LEASE_BIND))
+        while True:
+            if self.reconnect:  # while the link is down, wait for it (it binds anew)
+                await self.wait_up()
+            try:
+                return await self.lease_request(wire.Lease(0, epoch, wire.LEASE_BIND))
+            except LoggerError:
+                if not self.reconnect or self.closed is not None:
+                    raise
 
     async def ping(self) -> float:
         """Round-trip time to the logger in seconds."""

@@ -33,7 +33,12 @@ class LeaseLink:
         self._dec = wire.Decoder(wire.DEFAULT_MAX_FRAME)
 
     def connect(self) -> None:
-        s = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        """Connect and authenticate, all within `timeout` seconds."""
+        deadline = time.monotonic() + self.timeout
+        try:
+            s = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except OSError as e:
+            raise LeaseLinkError(f"lease link to {self.host}:{self.port}: {e}") from None
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = s
         self._dec = wire.Decoder(wire.DEFAULT_MAX_FRAME)
@@ -41,10 +46,10 @@ class LeaseLink:
         role = wire.Role.LEASE
         try:
             s.sendall(wire.encode(wire.Hello(role, self.app_id, nonce)))
-            ch = self._expect(wire.Challenge)
+            ch = self._expect(wire.Challenge, deadline)
             mac = wire.auth_mac(self.secret, b"C", role, 0, self.app_id, nonce, ch.nonce)
             s.sendall(wire.encode(wire.Auth(mac)))
-            ok = self._expect(wire.AuthOk)
+            ok = self._expect(wire.AuthOk, deadline)
         except OSError as e:
             self.close()
             raise LeaseLinkError(f"lease link to {self.host}:{self.port}: {e}") from None
@@ -54,9 +59,8 @@ class LeaseLink:
             raise LeaseLinkError("the logger failed to prove it knows the secret")
         s.setblocking(False)
 
-    def _expect(self, cls: type) -> object:
+    def _expect(self, cls: type, deadline: float) -> object:
         assert self.sock is not None
-        deadline = time.monotonic() + self.timeout
         while True:
             for f in self._frames(deadline - time.monotonic()):
                 if isinstance(f, wire.Error):
